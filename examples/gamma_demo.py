@@ -37,7 +37,9 @@ def main() -> None:
         kind = "mislabeled?" if m < -1 else ("ambiguous" if m < 1 else "clear")
         print(f"{q:9.2f} {m:9.3f} {gm:8.3f} {gm - gamma0:+8.3f}  {kind}")
     print(f"mean γ = {gamma.mean().item():.6f} (γ0 = {gamma0})")
-    print(f"bounds: γ0·e^(−γ0/τ) = {gamma0 * math.exp(-gamma0 / tau):.3f} <= γ <= {gamma0 * math.exp(gamma0 / tau):.3f}")
+    print(
+        f"bounds: γ0·e^(−γ0/τ) = {gamma0 * math.exp(-gamma0 / tau):.3f} <= γ <= {gamma0 * math.exp(gamma0 / tau):.3f}"
+    )
     print(f"max |mirror descent − exact fixed point| = {(gamma - exact).abs().max().item():.2e}")
 
 

@@ -1,0 +1,203 @@
+"""``GammaPOLoss``: the γ-PO loss for megatron-core's ``forward_step`` / ``loss_func`` protocol.
+
+A micro-batch holds B preference pairs as 2B sequences, chosen first then rejected (the layout
+NeMo-Aligner uses). On the last pipeline stage the loss:
+
+1. turns vocab-parallel logits into per-sequence log-probs (TP all-reduce, CP reduce);
+2. computes the pairs' β-scaled reward margins; a pair whose chosen or rejected response has no
+   unmasked token (truncated away) is *excluded* — it adds 0 to the loss and never enters the
+   solve, the queue or the statistics;
+3. for γ-PO losses, all-gathers the margins over the data-parallel group, runs the margin policy
+   (queue + solver) on the global micro-batch and keeps this rank's γ; only training steps push
+   to the queue;
+4. returns ``(loss, metrics)``; metrics are 0-dim tensors, identical on every rank of the last
+   stage, with no device→host sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from torch import Tensor
+
+from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig
+from nemo_gammapo.core.policy import GammaMarginPolicy, gamma_statistics
+from nemo_gammapo.core.registry import get_loss_spec, preference_loss
+from nemo_gammapo.core.rewards import PairLogProbs
+from nemo_gammapo.distributed.logprobs import sequence_logprobs
+from nemo_gammapo.distributed.margin_sync import gather_margins, local_slice
+
+# How per-micro-batch metrics combine into one value per step (default: mean).
+_METRIC_REDUCTION = {"gamma_min": "min", "gamma_max": "max", "excluded_pairs": "sum"}
+
+
+def _model_parallel_ready() -> bool:
+    return parallel_state.model_parallel_is_initialized()
+
+
+class GammaPOLoss:
+    """Any registry loss, with γ-PO's synchronised margin policy when the loss uses it.
+
+    Args:
+        loss_config: which loss and its hyperparameters.
+        gamma_config: solver and queue settings (used by ``gamma_*`` losses).
+        data_parallel_group: group whose margins form one solve; defaults to megatron's
+            data-parallel group (without context parallelism).
+        pad_to: per-rank pair slots for the gather when ranks may hold different pair counts.
+        device: device of the queue buffer (moved to the margins' device on first use).
+    """
+
+    def __init__(
+        self,
+        loss_config: PreferenceLossConfig,
+        gamma_config: GammaConfig | None = None,
+        *,
+        data_parallel_group: dist.ProcessGroup | None = None,
+        pad_to: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.loss_config = loss_config
+        self.gamma_config = gamma_config or GammaConfig()
+        self.spec = get_loss_spec(loss_config.name)
+        self.policy = (
+            GammaMarginPolicy(self.gamma_config, loss_config.gamma0, device=device)
+            if self.spec.dynamic_margin
+            else None
+        )
+        self._dp_group = data_parallel_group
+        self.pad_to = pad_to
+        self.training = True
+        # When a list, every loss call appends its global micro-batch's detached margins,
+        # validity and γ (device tensors; no sync). Used by tests and margin/γ dumps.
+        self.pair_log: list[dict[str, Tensor]] | None = None
+
+    # ------------------------------------------------------------------ mode
+    def train(self, mode: bool = True) -> GammaPOLoss:
+        self.training = mode
+        return self
+
+    def eval(self) -> GammaPOLoss:
+        return self.train(False)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.spec.needs_reference
+
+    def data_parallel_group(self) -> dist.ProcessGroup | None:
+        if self._dp_group is not None:
+            return self._dp_group
+        if _model_parallel_ready():
+            return parallel_state.get_data_parallel_group()
+        return None
+
+    # ------------------------------------------------------------------ loss
+    def loss_func(self, batch: dict[str, Tensor], output_tensor: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """megatron-core ``loss_func``: ``output_tensor`` are ``[2B, S, V/tp]`` logits.
+
+        ``batch`` needs ``labels`` and ``loss_mask`` (``[2B, S]``) and, for losses with a
+        reference model, ``ref_logps`` (``[2B]``, summed reference log-probs, same layout).
+        """
+        logps, tokens = sequence_logprobs(output_tensor, batch["labels"], batch["loss_mask"])
+        return self.from_sequence_logprobs(logps, tokens, batch.get("ref_logps"))
+
+    def from_sequence_logprobs(
+        self, logps: Tensor, tokens: Tensor, ref_logps: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss from per-sequence summed log-probs ``[2B]`` (chosen first, then rejected)."""
+        b = logps.shape[0] // 2
+        ref_w = ref_l = None
+        if self.needs_reference:
+            if ref_logps is None:
+                raise ValueError(f"loss {self.loss_config.name!r} needs reference log-probs (batch['ref_logps'])")
+            ref_w, ref_l = ref_logps[:b].to(logps.dtype), ref_logps[b:].to(logps.dtype)
+        pairs = PairLogProbs(logps[:b], logps[b:], tokens[:b], tokens[b:], ref_w, ref_l)
+        valid = (tokens[:b] > 0) & (tokens[b:] > 0)
+
+        r_w, r_l = self.spec.reward(pairs, self.loss_config)
+        margins = (r_w - r_l).detach()
+        group = self.data_parallel_group()
+        all_margins, all_valid = gather_margins(margins, valid, group, self.pad_to)
+
+        gamma = all_gamma = None
+        if self.policy is not None:
+            all_gamma = self.policy(all_margins, all_valid, update=self.training)
+            gamma = local_slice(all_gamma, group, b, self.pad_to)
+
+        out = preference_loss(
+            self.loss_config.name,
+            pairs,
+            self.loss_config,
+            gamma=gamma,
+            dpo_convention=self.gamma_config.dpo_convention,
+        )
+        per_pair = torch.where(valid, out.losses, torch.zeros_like(out.losses))
+        loss = per_pair.sum() / max(b, 1)
+
+        if self.pair_log is not None:
+            record = {"margins": all_margins, "valid": all_valid, "local_losses": per_pair.detach()}
+            if all_gamma is not None:
+                record["gamma"] = all_gamma
+            self.pair_log.append(record)
+        metrics = self._metrics(loss, all_margins, all_valid, all_gamma, group)
+        cp = parallel_state.get_context_parallel_world_size() if _model_parallel_ready() else 1
+        # Megatron averages gradients over data×context-parallel ranks; each CP rank holds the
+        # whole loss, so scale it back up (see logprobs._AllReduceSumIdentityGrad).
+        return loss * cp, metrics
+
+    def _metrics(
+        self, loss: Tensor, margins: Tensor, valid: Tensor, gamma: Tensor | None, group: dist.ProcessGroup | None
+    ) -> dict[str, Tensor]:
+        global_loss = loss.detach().clone()
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(global_loss, group=group)
+            global_loss /= dist.get_world_size(group)
+        ok = valid & torch.isfinite(margins)
+        n_ok = ok.float().sum().clamp_min(1.0)
+        metrics = {
+            "loss": global_loss,
+            "preference_accuracy": ((margins > 0) & ok).float().sum() / n_ok,
+        }
+        g0 = self.loss_config.gamma0
+        gamma_for_stats = gamma if gamma is not None else torch.full_like(margins, g0)
+        stats = gamma_statistics(gamma_for_stats, margins, valid, g0, self.policy.queue if self.policy else None)
+        metrics.update(stats)
+        return {k: v.detach().float() for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ megatron glue
+    def forward_step(self) -> Callable[[Iterator[dict[str, Tensor]], torch.nn.Module], tuple[Tensor, Any]]:
+        """A megatron-core ``forward_step_func`` for a ``GPTModel`` and preference micro-batches.
+
+        Micro-batches are dicts with ``tokens`` and ``position_ids`` (``[2B, S]``) plus what
+        :meth:`loss_func` reads; on non-last pipeline stages only ``tokens`` and
+        ``position_ids`` are used.
+        """
+
+        def forward_step(data_iterator: Iterator[dict[str, Tensor]], model: torch.nn.Module) -> tuple[Tensor, Any]:
+            batch = next(data_iterator)
+            output = model(batch["tokens"], batch["position_ids"], batch.get("attention_mask"))
+            return output, partial(self.loss_func, batch)
+
+        return forward_step
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict() if self.policy is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.policy is not None and state.get("policy") is not None:
+            self.policy.load_state_dict(state["policy"])
+
+
+def reduce_step_metrics(per_microbatch: Sequence[dict[str, Tensor]]) -> dict[str, float]:
+    """Combine the metrics of a step's micro-batches into host floats (one sync per step)."""
+    if not per_microbatch:
+        return {}
+    reducers = {"min": torch.amin, "max": torch.amax, "sum": torch.sum, "mean": torch.mean}
+    keys = list(per_microbatch[0])
+    reduced = [reducers[_METRIC_REDUCTION.get(k, "mean")](torch.stack([m[k] for m in per_microbatch])) for k in keys]
+    return dict(zip(keys, torch.stack(reduced).tolist(), strict=True))
