@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from dist_workers import gather_worker, logprobs_worker
+
 from nemo_gammapo.testing.harness import run_on_ranks
 
 pytestmark = pytest.mark.distributed

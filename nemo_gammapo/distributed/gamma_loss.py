@@ -103,12 +103,20 @@ class GammaPOLoss:
         reference model, ``ref_logps`` (``[2B]``, summed reference log-probs, same layout).
         """
         logps, tokens = sequence_logprobs(output_tensor, batch["labels"], batch["loss_mask"])
-        return self.from_sequence_logprobs(logps, tokens, batch.get("ref_logps"))
+        loss, metrics = self.from_sequence_logprobs(logps, tokens, batch.get("ref_logps"))
+        cp = parallel_state.get_context_parallel_world_size() if _model_parallel_ready() else 1
+        # Megatron averages gradients over data×context-parallel ranks; each CP rank holds the
+        # whole loss, so scale it back up (see logprobs._AllReduceSumIdentityGrad).
+        return loss * cp, metrics
 
     def from_sequence_logprobs(
         self, logps: Tensor, tokens: Tensor, ref_logps: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss from per-sequence summed log-probs ``[2B]`` (chosen first, then rejected)."""
+        """The loss from per-sequence summed log-probs ``[2B]`` (chosen first, then rejected).
+
+        Returns the mean per-pair loss of this rank's micro-batch (excluded pairs add 0) and the
+        step metrics; no context-parallel scaling is applied here (callers own that).
+        """
         b = logps.shape[0] // 2
         ref_w = ref_l = None
         if self.needs_reference:
@@ -143,11 +151,7 @@ class GammaPOLoss:
             if all_gamma is not None:
                 record["gamma"] = all_gamma
             self.pair_log.append(record)
-        metrics = self._metrics(loss, all_margins, all_valid, all_gamma, group)
-        cp = parallel_state.get_context_parallel_world_size() if _model_parallel_ready() else 1
-        # Megatron averages gradients over data×context-parallel ranks; each CP rank holds the
-        # whole loss, so scale it back up (see logprobs._AllReduceSumIdentityGrad).
-        return loss * cp, metrics
+        return loss, self._metrics(loss, all_margins, all_valid, all_gamma, group)
 
     def _metrics(
         self, loss: Tensor, margins: Tensor, valid: Tensor, gamma: Tensor | None, group: dist.ProcessGroup | None
