@@ -13,6 +13,7 @@ CUDA is available (:func:`apply_cpu_patches` raises), and every patch is idempot
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import Any
 
@@ -54,6 +55,44 @@ class CudaToCpuMode(TorchFunctionMode):
 
 
 _mode: CudaToCpuMode | None = None
+
+
+class _NullStream:
+    """``torch.cuda.Stream`` stand-in: CPU work is already ordered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> _NullEvent:
+        return event or _NullEvent()
+
+
+class _NullEvent:
+    """``torch.cuda.Event`` stand-in (timing events report 0 ms)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, stream: Any = None) -> None:
+        pass
+
+    def wait(self, stream: Any = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+    def elapsed_time(self, other: Any) -> float:
+        return 0.0
 
 
 def _enter_mode() -> None:
@@ -140,15 +179,186 @@ def apply_cpu_patches() -> None:
         torch.cuda.current_device = lambda: "cpu"
         torch.cuda.synchronize = lambda device=None: None
         torch.cuda.device_count = lambda: 0
+        torch.cuda.set_device = lambda device: None
+        torch.cuda.Stream = _NullStream
+        torch.cuda.Event = _NullEvent
+        torch.cuda.current_stream = lambda device=None: _NullStream()
+        torch.cuda.stream = lambda stream: contextlib.nullcontext()
         _enter_mode()
         _cpu_rng_tracker_patches()
         adapt_megatron_checkpoint_writer()
         _applied.add("megatron")
 
 
-def maybe_apply_cpu_patches() -> bool:
-    """Apply :func:`apply_cpu_patches` when CUDA is absent; returns whether patches are active."""
+def maybe_apply_cpu_patches(nemo: bool = False) -> bool:
+    """Apply the CPU patches when CUDA is absent; returns whether they are active.
+
+    ``nemo=True`` adds the NeMo / NeMo-Aligner ones (call it before importing NeMo).
+    """
     if torch.cuda.is_available():
         return False
     apply_cpu_patches()
+    if nemo:
+        apply_nemo_cpu_patches()
     return True
+
+
+def apply_nemo_cpu_patches() -> None:
+    """CPU shims for NeMo 2.2.1 (1.x-style NLP collection) and NeMo-Aligner 0.7.0."""
+    if torch.cuda.is_available():
+        raise RuntimeError("nemo_gammapo.cpu_compat must not be applied when CUDA is available")
+    with _lock:
+        if "nemo" in _applied:
+            return
+        # NeMo checks for an NGC container through this variable before taking torch code paths.
+        os.environ.setdefault("NVIDIA_PYTORCH_VERSION", "cpu")
+        _nemo_apex_stand_ins()
+        _applied.add("nemo")
+
+
+@torch.no_grad()
+def clip_grad_norm_model_parallel(
+    parameters: Any, max_norm: float, norm_type: float = 2, use_fsdp: bool = False
+) -> torch.Tensor:
+    """Plain-torch gradient clipping with the model-parallel norm (what NeMo's apex version does).
+
+    Tensor-parallel duplicates (replicated params) count once; the squared norm is summed over
+    the model-parallel group, so every TP/PP rank clips with the same global norm.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
+
+    if norm_type != 2:
+        raise NotImplementedError("only the L2 norm is supported on CPU")
+    params = [p for p in ([parameters] if isinstance(parameters, torch.Tensor) else parameters) if p.grad is not None]
+    counted = [p.grad.float() for p in params if param_is_not_tensor_parallel_duplicate(p)]
+    total = torch.stack([g.pow(2).sum() for g in counted]).sum() if counted else torch.zeros(())
+    if torch.distributed.is_initialized() and parallel_state.model_parallel_is_initialized():
+        torch.distributed.all_reduce(total, group=parallel_state.get_model_parallel_group())
+    total_norm = total.sqrt()
+    coeff = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
+    for p in params:
+        p.grad.mul_(coeff)
+    return total_norm
+
+
+_STEP_KEY = "nemo_gammapo_param_steps"
+
+
+def _scalar_optimizer_step_patches(nlp_overrides: Any) -> None:
+    """Checkpoint torch Adam's per-parameter scalar ``step`` through NeMo's distributed checkpoint.
+
+    On GPU NeMo uses apex / megatron distributed optimizers; on CPU we use torch ``adamw``,
+    whose per-parameter ``step`` is a 0-dim tensor that megatron's sharding of optimizer state
+    (which expects parameter-shaped state) rejects. We move the steps into the (non-sharded)
+    param-group entries on save and put them back on load, so resumed runs continue with the
+    same Adam bias correction, bit-exactly.
+    """
+    from lightning.pytorch.strategies import Strategy
+
+    upstream_to_sharding = nlp_overrides.optim_state_to_sharding_state
+
+    def to_sharding_state(optim_state_dict: dict, id_to_sharded_param_map: dict, exclude_keys: tuple = ()) -> None:
+        # optimizer.state_dict() shares the per-parameter dicts with the live optimizer: copy.
+        optim_state_dict["state"] = {pid: dict(st) for pid, st in optim_state_dict["state"].items()}
+        steps = {
+            pid: st.pop("step")
+            for pid, st in optim_state_dict["state"].items()
+            if isinstance(st.get("step"), torch.Tensor) and st["step"].dim() == 0
+        }
+        group_steps = [[steps.get(pid) for pid in g["params"]] for g in optim_state_dict["param_groups"]]
+        upstream_to_sharding(optim_state_dict, id_to_sharded_param_map, exclude_keys)
+        for group, values in zip(optim_state_dict["param_groups"], group_steps, strict=True):
+            group[_STEP_KEY] = values
+
+    nlp_overrides.optim_state_to_sharding_state = to_sharding_state
+    upstream_load = Strategy.load_optimizer_state_dict
+
+    def load_optimizer_state_dict(self: Any, checkpoint: dict) -> None:
+        for opt_state in checkpoint.get("optimizer_states", []):
+            for group in opt_state.get("param_groups", []):
+                values = group.pop(_STEP_KEY, None)
+                if values is None:
+                    continue
+                for pid, step in zip(group["params"], values, strict=True):
+                    if step is not None and pid in opt_state["state"]:
+                        opt_state["state"][pid]["step"] = step.clone()
+        upstream_load(self, checkpoint)
+
+    nlp_overrides.NLPDDPStrategy.load_optimizer_state_dict = load_optimizer_state_dict
+
+
+class _AbsentOptimizer:
+    """Stands in for an apex-only optimizer class that NeMo names in isinstance checks."""
+
+
+def _nemo_apex_stand_ins() -> None:
+    """NeMo guards whole code paths on apex; give those paths the torch / megatron-core parts."""
+    from megatron.core.transformer.module import Float16Module  # noqa: F401  (import order)
+    from nemo.collections.nlp.modules.common.megatron import utils as megatron_utils
+    from nemo.collections.nlp.parts import nlp_overrides
+
+    # NLPDDPStrategy refuses to start without apex; the optimizers it would use are apex-only
+    # and never selected on CPU (we use torch adamw), but their names are used in isinstance.
+    nlp_overrides.HAVE_APEX = True
+    for name in ("MegatronDistributedFusedAdam", "McoreDistributedOptimizer"):
+        if not hasattr(nlp_overrides, name):
+            setattr(nlp_overrides, name, type(name, (_AbsentOptimizer,), {}))
+    # NLPModel.__init__ lists NeMo's pretrained BERT names by importing the BERT model, whose
+    # module needs Transformer Engine; GPT training does not need that list.
+    from nemo.collections.nlp.models import nlp_model
+
+    nlp_model.get_megatron_pretrained_bert_models = lambda: []
+    # get_specs() builds every entry of its spec table, Transformer Engine ones included, to
+    # return one; without TE only the local (megatron-core) spec can be built.
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from nemo.collections.nlp.models.language_modeling import megatron_gpt_model
+
+    upstream_get_specs = megatron_gpt_model.get_specs
+
+    def get_specs(
+        spec_name: str, transformer_config: Any = None, use_te: bool = True, *args: Any, **kwargs: Any
+    ) -> Any:
+        if spec_name == "" and not use_te:
+            num_experts = transformer_config.num_moe_experts if transformer_config else None
+            grouped = transformer_config.moe_grouped_gemm if transformer_config else False
+            return get_gpt_layer_local_spec(num_experts, grouped)
+        return upstream_get_specs(spec_name, transformer_config, use_te, *args, **kwargs)
+
+    megatron_gpt_model.get_specs = get_specs
+    # NeMo seeds megatron's model-parallel RNG tracker only when a CUDA device exists; without
+    # it every dropout/initialisation fork fails. Seed it the same way on CPU.
+    from megatron.core import tensor_parallel
+    from megatron.core.parallel_state import get_pipeline_model_parallel_rank
+    from nemo.collections.nlp.modules.common.megatron import megatron_init
+
+    upstream_set_random_seed = megatron_init._set_random_seed
+
+    def set_random_seed(seed: int) -> None:
+        upstream_set_random_seed(seed)
+        tensor_parallel.model_parallel_cuda_manual_seed(seed + 100 * get_pipeline_model_parallel_rank())
+
+    megatron_init._set_random_seed = set_random_seed
+    # build_model() calls an apex symbol that megatron-core provides under the same name.
+    from megatron.core.tensor_parallel.layers import set_defaults_if_not_set_tensor_model_parallel_attributes
+    from nemo.collections.nlp.modules.common.megatron import build_model
+
+    build_model.set_defaults_if_not_set_tensor_model_parallel_attributes = (
+        set_defaults_if_not_set_tensor_model_parallel_attributes
+    )
+    # NeMo's fp32 grad clipping asserts torch.cuda.FloatTensor gradients and uses apex's
+    # multi-tensor kernels; NeMo-Aligner's trainer calls it through its own import.
+    from nemo_aligner.utils import train_utils
+
+    train_utils.clip_grad_norm_fp32 = clip_grad_norm_model_parallel
+    _scalar_optimizer_step_patches(nlp_overrides)
+    # Apex-only helpers imported by NeMo's megatron utils.
+    if not hasattr(megatron_utils, "listify_model"):
+        megatron_utils.listify_model = lambda model: model if isinstance(model, list) else [model]
+    for name, torch_class in (
+        ("FusedLayerNorm", torch.nn.LayerNorm),
+        ("FastLayerNorm", torch.nn.LayerNorm),
+        ("MixedFusedRMSNorm", torch.nn.RMSNorm),
+    ):
+        if not hasattr(megatron_utils, name):
+            setattr(megatron_utils, name, torch_class)

@@ -32,6 +32,22 @@ from nemo_gammapo.core.rewards import PairLogProbs
 from nemo_gammapo.distributed.logprobs import sequence_logprobs
 from nemo_gammapo.distributed.margin_sync import gather_margins, local_slice
 
+# Every metric a loss call returns, in a fixed order (ranks that hold no loss — earlier pipeline
+# stages — still need the names to take part in a broadcast).
+METRIC_NAMES = (
+    "loss",
+    "preference_accuracy",
+    "gamma_mean",
+    "gamma_std",
+    "gamma_min",
+    "gamma_max",
+    "margin_mean",
+    "margin_std",
+    "gamma_above_gamma0",
+    "excluded_pairs",
+    "queue_fill",
+)
+
 # How per-micro-batch metrics combine into one value per step (default: mean).
 _METRIC_REDUCTION = {"gamma_min": "min", "gamma_max": "max", "excluded_pairs": "sum"}
 
@@ -170,7 +186,8 @@ class GammaPOLoss:
         gamma_for_stats = gamma if gamma is not None else torch.full_like(margins, g0)
         stats = gamma_statistics(gamma_for_stats, margins, valid, g0, self.policy.queue if self.policy else None)
         metrics.update(stats)
-        return {k: v.detach().float() for k, v in metrics.items()}
+        metrics.setdefault("queue_fill", torch.zeros((), device=loss.device))
+        return {k: metrics[k].detach().float() for k in METRIC_NAMES}
 
     # ------------------------------------------------------------------ megatron glue
     def forward_step(self) -> Callable[[Iterator[dict[str, Tensor]], torch.nn.Module], tuple[Tensor, Any]]:

@@ -1,0 +1,1 @@
+"""NeMo adapter: γ-PO for NeMo-Aligner's DPO model and training loop (thin by design)."""

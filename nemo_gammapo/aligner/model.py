@@ -1,0 +1,115 @@
+"""``MegatronGPTGammaPOModel``: NeMo-Aligner's DPO model with every nemo_gammapo loss and γ-PO.
+
+Thin on purpose. NeMo-Aligner keeps doing what it does (batching, pipeline schedule, per-token
+log-probs, DP averaging, reward logging); this class only
+
+* replaces ``loss_func`` with :class:`nemo_gammapo.distributed.GammaPOLoss` (for NeMo-Aligner's own
+  ``rpo_*`` losses the parent's code runs unchanged);
+* switches the margin queue to read-only for validation (``forward_only``);
+* skips the reference policy entirely for reference-free losses (SimPO family, CPO, ORPO): no
+  reference forward pass, no CPU weight swap, no host copy of the weights;
+* adds the γ / margin metrics to what the trainer logs (one broadcast per step);
+* saves and restores the margin queue with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.trainer.trainer import Trainer
+from nemo.collections.nlp.parts.utils_funcs import get_last_rank
+from nemo_aligner.models.nlp.gpt.megatron_gpt_dpo_model import MegatronGPTDPOModel
+from omegaconf import DictConfig
+
+from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, loss_configs
+from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
+from nemo_gammapo.distributed.gamma_loss import METRIC_NAMES, GammaPOLoss, reduce_step_metrics
+
+CHECKPOINT_KEY = "nemo_gammapo"
+
+
+class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
+    """A NeMo-Aligner DPO model whose loss is chosen from the nemo_gammapo registry."""
+
+    def __init__(self, cfg: DictConfig, trainer: Trainer) -> None:
+        super().__init__(cfg, trainer=trainer)
+        self.gamma_po: GammaPOLoss | None = None
+        if self.preference_loss not in ALIGNER_NATIVE_LOSSES:
+            loss_cfg, gamma_cfg = loss_configs(cfg.dpo)
+            self.gamma_po = GammaPOLoss(loss_cfg, gamma_cfg)
+        self._microbatch_metrics: list[dict[str, torch.Tensor]] = []
+
+    @property
+    def reference_free(self) -> bool:
+        """True when the loss never reads reference-policy log-probs."""
+        return self.gamma_po is not None and not self.gamma_po.needs_reference
+
+    # ------------------------------------------------------------------ loss
+    def loss_func(
+        self,
+        pi_logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor,
+        labels: torch.Tensor,
+        gt_rewards: torch.Tensor,
+        cu_seqlens: torch.Tensor | None = None,
+        average_log_probs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs ``[2B, S]`` → (preference loss, accuracy), as the parent expects."""
+        if self.gamma_po is None:
+            return super().loss_func(pi_logprobs, ref_logprobs, labels, gt_rewards, cu_seqlens, average_log_probs)
+        # The parent's reduction handles packed sequences and the context-parallel sum.
+        logps = self.get_reduced_masked_logps(pi_logprobs, labels, cu_seqlens)
+        tokens = self.get_reduced_masked_logps(torch.ones_like(pi_logprobs), labels, cu_seqlens)
+        ref = None
+        if self.gamma_po.needs_reference:
+            ref = self.get_reduced_masked_logps(ref_logprobs.to(pi_logprobs.dtype), labels, cu_seqlens)
+        loss, metrics = self.gamma_po.from_sequence_logprobs(logps.float(), tokens.float(), ref)
+        self._microbatch_metrics.append(metrics)
+        return loss, metrics["preference_accuracy"]
+
+    def get_loss_and_metrics(self, batch: dict[str, torch.Tensor], forward_only: bool) -> tuple[float, dict]:
+        if self.gamma_po is None:
+            return super().get_loss_and_metrics(batch, forward_only)
+        self.gamma_po.train(not forward_only)  # validation reads the queue, never pushes
+        self._microbatch_metrics = []
+        loss_mean, metrics = super().get_loss_and_metrics(batch, forward_only)
+        metrics.update(self._step_metrics())
+        return loss_mean, metrics
+
+    def _step_metrics(self) -> dict[str, float]:
+        """This step's γ / margin metrics from the last stage, on every rank (one broadcast)."""
+        names = [n for n in METRIC_NAMES if n != "loss"]  # the parent already reports the loss
+        values = torch.zeros(len(names), dtype=torch.float32, device=torch.cuda.current_device())
+        if self._microbatch_metrics:
+            reduced = reduce_step_metrics(self._microbatch_metrics)
+            values = torch.tensor([reduced[n] for n in names], dtype=torch.float32, device=values.device)
+        torch.distributed.broadcast(values, get_last_rank())
+        self._microbatch_metrics = []
+        return {f"gamma_po/{n}": v for n, v in zip(names, values.tolist(), strict=True)}
+
+    # ------------------------------------------------------------------ reference policy
+    def get_ref_policy_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Reference log-probs; zeros of the right shape, at no cost, for reference-free losses.
+
+        The zeros keep the batch layout the trainer and pipeline stages expect (the keys must
+        exist for PP > 1); the loss never reads them.
+        """
+        if not self.reference_free:
+            return super().get_ref_policy_logprobs(batch)
+        tokens = batch["input_ids"] if "input_ids" in batch else batch["chosen"]
+        rows = tokens.shape[0] if "input_ids" in batch else 2 * tokens.shape[0]
+        return torch.zeros(rows, tokens.shape[1], dtype=torch.float32)
+
+    # ------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.gamma_po is not None:
+            # NeMo's distributed checkpoint writes this (non-sharded) entry from global rank 0,
+            # which is on the first pipeline stage; the queue lives on the last one.
+            checkpoint[CHECKPOINT_KEY] = broadcast_from_last_stage(self.gamma_po.state_dict())
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if self.gamma_po is not None and CHECKPOINT_KEY in checkpoint:
+            self.gamma_po.load_state_dict(checkpoint[CHECKPOINT_KEY])

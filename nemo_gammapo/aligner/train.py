@@ -1,0 +1,181 @@
+"""γ-PO training with NeMo-Aligner's ``DPOTrainer`` (called by ``examples/train_gpt_gammapo.py``).
+
+One function, :func:`train`, does what a NeMo-Aligner training script does — build the NeMo
+trainer and experiment manager, restore (or, for the tiny demo, randomly initialise) the model,
+build the JSONL preference datasets, initialise through PyTorch Lightning, resume from the last
+checkpoint, run ``DPOTrainer.fit()`` — with our model class and with the reference policy left
+out entirely for reference-free losses. It returns the metric history so callers (the demo,
+tests) can report on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from nemo_gammapo.aligner.config import ConfigError, loss_configs
+
+
+@dataclass
+class TrainResult:
+    """What a run produced (identical on every rank)."""
+
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)  # one dict per logged step
+    reference_free: bool = False
+    holds_reference_weights: bool = False
+
+
+class MetricsHistory:
+    """Logger added beside NeMo's: keeps every logged metric and appends it to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path, write: bool) -> None:
+        self.path, self.write, self.records = path, write, []
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        self.records.append(record)
+        if self.write:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Fail at start-up, naming the key, on values the run cannot honour."""
+    if cfg.model.dpo.get("preference_loss") not in ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq"):
+        loss_configs(cfg.model.dpo)  # raises ConfigError naming model.dpo.* keys
+    if cfg.model.get("virtual_pipeline_model_parallel_size") not in (None, 1):
+        raise ConfigError(
+            "model.virtual_pipeline_model_parallel_size must be null or 1: NeMo-Aligner's DPO loop runs one model "
+            "chunk per pipeline stage"
+        )
+    if cfg.model.pipeline_model_parallel_size > 1 and cfg.model.data.get("data_impl") == "packed_jsonl":
+        raise ConfigError(
+            "model.data.data_impl=packed_jsonl is not supported with model.pipeline_model_parallel_size > 1"
+        )
+    mbs, gbs = cfg.model.micro_batch_size, cfg.model.global_batch_size
+    if mbs < 1 or gbs % mbs:
+        raise ConfigError(f"model.global_batch_size ({gbs}) must be a multiple of model.micro_batch_size ({mbs})")
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Run γ-PO training as configured; see ``conf/gpt_gammapo.yaml`` for every key."""
+    from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
+
+    maybe_apply_cpu_patches(nemo=True)
+    validate_config(cfg)
+
+    import torch
+    from nemo.utils import logging
+    from nemo.utils.exp_manager import exp_manager
+    from nemo_aligner.algorithms.dpo import DPOTrainer, dpo_custom_collate
+    from nemo_aligner.data.nlp.builders import build_dataloader, build_train_valid_test_dpo_datasets, identity_collate
+    from nemo_aligner.utils.distributed import Timer
+    from nemo_aligner.utils.train_script_utils import (
+        CustomLoggerWrapper,
+        add_custom_checkpoint_callback,
+        extract_optimizer_scheduler_from_ptl_model,
+        init_distributed,
+        init_peft,
+        init_using_ptl,
+        resolve_and_create_trainer,
+        retrieve_custom_trainer_state_dict,
+    )
+    from nemo_aligner.utils.utils import (
+        load_and_override_model_config,
+        load_from_nemo,
+        retrieve_model_state_dict_in_cpu,
+    )
+
+    from nemo_gammapo.aligner.model import MegatronGPTGammaPOModel
+
+    restore_path = cfg.pretrained_checkpoint.get("restore_from_path")
+    if restore_path:
+        cfg.model = load_and_override_model_config(restore_path, cfg.model)
+
+    trainer = resolve_and_create_trainer(cfg, "dpo")
+    exp_manager(trainer, cfg.exp_manager)
+    run_dir = Path(cfg.exp_manager.explicit_log_dir).resolve()
+    history = MetricsHistory(run_dir / "metrics.jsonl", write=trainer.global_rank == 0)
+    logger = CustomLoggerWrapper([*trainer.loggers, history])
+
+    if restore_path:
+        model = load_from_nemo(MegatronGPTGammaPOModel, cfg.model, trainer, strict=True, restore_path=restore_path)
+    else:
+        logging.info("pretrained_checkpoint.restore_from_path is null: building a randomly initialised model")
+        model = MegatronGPTGammaPOModel(cfg.model, trainer)
+
+    trainer_state = retrieve_custom_trainer_state_dict(trainer)  # None unless resuming
+    consumed_samples = trainer_state["consumed_samples"] if trainer_state else 0
+    init_distributed(trainer, model, cfg.model.get("transformer_engine", False))
+
+    data = cfg.model.data
+    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
+    train_ds, val_ds, _ = build_train_valid_test_dpo_datasets(
+        cfg=cfg.model,
+        data_prefix=data.data_prefix,
+        data_impl=data.data_impl,
+        splits_string=data.splits_string,
+        train_valid_test_num_samples=[-1 * gbs] * 3,
+        seq_length=data.seq_length,
+        seed=cfg.model.seed,
+        tokenizer=model.tokenizer,
+    )
+    train_dl = build_dataloader(cfg, train_ds, consumed_samples, mbs, gbs, collate_fn=identity_collate, load_gbs=True)
+    val_dl = build_dataloader(
+        cfg, val_ds, 0, mbs, gbs, collate_fn=identity_collate, load_gbs=True, use_random_sampler=False
+    )
+
+    init_peft(model, cfg.model)
+    if not model.reference_free:
+        # The reference policy is the starting weights, kept on the host for DPOTrainer's swap.
+        model.ref_policy_state_dict = retrieve_model_state_dict_in_cpu(
+            model, megatron_amp_O2=cfg.model.get("megatron_amp_O2", False)
+        )
+    init_using_ptl(trainer, model, train_dl, train_ds)
+    optimizer, scheduler = extract_optimizer_scheduler_from_ptl_model(model)
+    ckpt_callback = add_custom_checkpoint_callback(trainer, model)
+    logger.log_hyperparams(OmegaConf.to_container(cfg))
+
+    dpo_trainer = DPOTrainer(
+        cfg=cfg.trainer.dpo,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_dataloader=train_dl,
+        val_dataloader=val_dl,
+        test_dataloader=None,
+        collate_fn=partial(
+            dpo_custom_collate,
+            eos_id=model.tokenizer.eos_id,
+            reset_position_ids=data.get("reset_position_ids", False),
+            reset_attention_mask=data.get("reset_attention_mask", False),
+            eod_mask_loss=data.get("eod_mask_loss", False),
+        ),
+        logger=logger,
+        ckpt_callback=ckpt_callback,
+        run_timer=Timer(cfg.exp_manager.get("max_time_per_run")),
+        pad_length_to_multiple_of=data.get("pad_length_to_multiple_of"),
+    )
+    if trainer_state:
+        dpo_trainer.load_state_dict(trainer_state)
+    dpo_trainer.fit()
+    torch.distributed.barrier()
+    return TrainResult(
+        run_dir=run_dir,
+        history=history.records,
+        reference_free=model.reference_free,
+        holds_reference_weights=model.ref_policy_state_dict is not None,
+    )
+
+
+def set_run_dir(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
+    """Point every output of a run at ``run_dir`` (used by the demo and tests)."""
+    with open_dict(cfg):
+        cfg.run_dir = str(run_dir)
