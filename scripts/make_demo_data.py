@@ -1,6 +1,6 @@
 """Generate the bundled demo preference data (data/demo/*.jsonl), bit-exactly.
 
-Task: parity. The prompt asks whether a number (0–999) is even or odd; the chosen response is
+Task: parity. The prompt asks whether a three-digit number is even or odd; the chosen response is
 the correct word and the rejected one the other word. The answer is objectively right or wrong
 and depends only on the last digit, a rule a tiny model can learn in a few dozen steps, and the
 held-out split uses numbers that never appear in training — so preference accuracy on it
@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    numbers = list(range(1000))
+    numbers = list(range(100, 1000))  # three digits: the deciding digit sits at a fixed offset
     random.Random(args.seed).shuffle(numbers)  # disjoint numbers per split
     start = 0
     for split, n in SPLITS.items():

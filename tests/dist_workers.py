@@ -67,3 +67,50 @@ def gather_worker(rank: int, world_size: int) -> dict[str, Any]:
         valid[1] = False
     all_m, all_v = gather_margins(margins, valid, dist.group.WORLD, pad_to=3)
     return {"margins": all_m, "valid": all_v, "mine": local_slice(all_m, dist.group.WORLD, n, pad_to=3)}
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def aligner_train_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> dict[str, Any]:
+    """One NeMo-Aligner γ-PO training run of the tiny CPU preset (PyTorch Lightning makes the group).
+
+    Records every call into the reference-policy machinery so tests can assert it never ran.
+    """
+    import os
+
+    os.chdir(REPO)
+    from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
+
+    maybe_apply_cpu_patches(nemo=True)
+    from hydra import compose, initialize_config_dir
+    from nemo_aligner.models.nlp.gpt.megatron_gpt_dpo_model import MegatronGPTDPOModel
+
+    from nemo_gammapo.aligner import train as train_module
+
+    calls = {"get_ref_policy_logprobs": 0, "get_logprob_batch": 0, "retrieve_model_state_dict_in_cpu": 0}
+
+    def counted(owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        setattr(owner, name, wrapper)
+
+    counted(MegatronGPTDPOModel, "get_ref_policy_logprobs")  # the parent's: reference forward + swap
+    counted(MegatronGPTDPOModel, "get_logprob_batch")
+    import nemo_aligner.utils.utils as aligner_utils
+
+    counted(aligner_utils, "retrieve_model_state_dict_in_cpu")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("tiny_cpu", overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
+    result = train_module.train(cfg)
+    return {
+        "history": result.history,
+        "calls": calls,
+        "reference_free": result.reference_free,
+        "holds_reference_weights": result.holds_reference_weights,
+        "gamma_state": result.gamma_state,
+    }

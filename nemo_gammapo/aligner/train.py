@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,6 +31,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per logged step
     reference_free: bool = False
     holds_reference_weights: bool = False
+    gamma_state: dict[str, Any] | None = None  # the final margin-queue state on this rank
 
 
 class MetricsHistory:
@@ -39,11 +41,31 @@ class MetricsHistory:
         self.path, self.write, self.records = path, write, []
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        record = {"step": step, "wall_time": time.time(), **{k: float(v) for k, v in metrics.items()}}
         self.records.append(record)
         if self.write:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+class RunLimit:
+    """NeMo-Aligner's run timer plus an optional step budget for this job.
+
+    ``trainer.dpo.stop_after_steps: k`` ends the job after ``k`` steps *of this run* exactly as a
+    time limit would — checkpoint, then exit — without touching ``max_steps`` (which sets the
+    learning-rate schedule). Useful for fixed-length cluster allocations and resume tests.
+    """
+
+    def __init__(self, timer: Any, stop_after_steps: int | None) -> None:
+        self.timer, self.stop_after_steps, self.steps = timer, stop_after_steps, 0
+
+    def start_time(self) -> None:
+        self.timer.start_time()
+
+    def is_finished(self) -> bool:  # DPOTrainer calls this once after every step
+        self.steps += 1
+        over_budget = self.stop_after_steps is not None and self.steps >= self.stop_after_steps
+        return over_budget or self.timer.is_finished()
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -59,6 +81,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             "model.data.data_impl=packed_jsonl is not supported with model.pipeline_model_parallel_size > 1"
         )
+    stop = cfg.trainer.dpo.get("stop_after_steps")
+    if stop is not None and (not isinstance(stop, int) or stop < 1):
+        raise ConfigError(f"trainer.dpo.stop_after_steps must be null or an integer >= 1 (got {stop!r})")
     mbs, gbs = cfg.model.micro_batch_size, cfg.model.global_batch_size
     if mbs < 1 or gbs % mbs:
         raise ConfigError(f"model.global_batch_size ({gbs}) must be a multiple of model.micro_batch_size ({mbs})")
@@ -160,7 +185,7 @@ def train(cfg: DictConfig) -> TrainResult:
         ),
         logger=logger,
         ckpt_callback=ckpt_callback,
-        run_timer=Timer(cfg.exp_manager.get("max_time_per_run")),
+        run_timer=RunLimit(Timer(cfg.exp_manager.get("max_time_per_run")), cfg.trainer.dpo.get("stop_after_steps")),
         pad_length_to_multiple_of=data.get("pad_length_to_multiple_of"),
     )
     if trainer_state:
@@ -172,6 +197,7 @@ def train(cfg: DictConfig) -> TrainResult:
         history=history.records,
         reference_free=model.reference_free,
         holds_reference_weights=model.ref_policy_state_dict is not None,
+        gamma_state=model.gamma_po.state_dict() if model.gamma_po is not None else None,
     )
 
 

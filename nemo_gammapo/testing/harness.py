@@ -33,19 +33,35 @@ def _free_port() -> int:
 
 
 def _entry(
-    worker: Callable[..., Any], rank: int, world_size: int, port: int, out_dir: str, kwargs: dict[str, Any]
+    worker: Callable[..., Any],
+    rank: int,
+    world_size: int,
+    port: int,
+    out_dir: str,
+    kwargs: dict[str, Any],
+    init_process_group: bool,
 ) -> None:
     out = Path(out_dir)
     try:
         torch.set_num_threads(1)
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+        # The torchrun environment, so that launchers such as PyTorch Lightning treat the ranks as
+        # started externally (LOCAL_RANK) and join the same rendezvous.
+        os.environ.update(
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE=str(world_size),
+        )
         from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
         maybe_apply_cpu_patches()
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(rank % torch.cuda.device_count())
-        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=_pg_timeout())
+        if init_process_group:
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(rank % torch.cuda.device_count())
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=_pg_timeout())
         try:
             result = worker(rank, world_size, **kwargs)
         finally:
@@ -75,14 +91,26 @@ def _teardown() -> None:
 
 
 def run_on_ranks(
-    worker: Callable[..., Any], world_size: int, timeout_s: float = 180.0, kwargs: dict[str, Any] | None = None
+    worker: Callable[..., Any],
+    world_size: int,
+    timeout_s: float = 180.0,
+    kwargs: dict[str, Any] | None = None,
+    init_process_group: bool = True,
 ) -> list[Any]:
-    """Run ``worker`` on ``world_size`` fresh processes; returns the per-rank results in rank order."""
+    """Run ``worker`` on ``world_size`` fresh processes; returns the per-rank results in rank order.
+
+    With ``init_process_group=False`` the worker creates the process group itself (e.g. through
+    PyTorch Lightning) from the torchrun-style environment the harness sets.
+    """
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="gammapo-ranks-") as out_dir:
         port = _free_port()
         procs = [
-            ctx.Process(target=_entry, args=(worker, r, world_size, port, out_dir, kwargs or {}), daemon=False)
+            ctx.Process(
+                target=_entry,
+                args=(worker, r, world_size, port, out_dir, kwargs or {}, init_process_group),
+                daemon=False,
+            )
             for r in range(world_size)
         ]
         for p in procs:
