@@ -29,8 +29,6 @@ sys.path.insert(0, str(ROOT))
 from nemo_gammapo.aligner.report import (  # noqa: E402
     read_history,
     results_table,
-    step_compute_seconds,
-    step_seconds,
 )
 
 TIMING_STEPS = 12

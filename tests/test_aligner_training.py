@@ -84,10 +84,17 @@ def test_reference_policy_is_skipped_exactly_for_reference_free_losses(trained) 
     for r in results:
         if loss in ("gamma_simpo", "simpo"):
             assert r["reference_free"] and not r["holds_reference_weights"]
-            assert r["calls"] == {"get_ref_policy_logprobs": 0, "get_logprob_batch": 0, "retrieve_model_state_dict_in_cpu": 0}
+            assert r["calls"] == {
+                "get_ref_policy_logprobs": 0,
+                "get_logprob_batch": 0,
+                "retrieve_model_state_dict_in_cpu": 0,
+            }
         else:
             assert not r["reference_free"] and r["holds_reference_weights"]
-            assert r["calls"]["get_ref_policy_logprobs"] > 0 and r["calls"]["retrieve_model_state_dict_in_cpu"] == 1
+            # The reference pass runs every training and validation step, inside a weight swap
+            # that also copies the current weights to the host.
+            assert r["calls"]["get_ref_policy_logprobs"] > STEPS
+            assert r["calls"]["retrieve_model_state_dict_in_cpu"] > STEPS
 
 
 def test_kill_and_resume_is_bit_exact(tmp_path) -> None:

@@ -46,7 +46,11 @@ def results_table(history: Sequence[dict[str, Any]]) -> str:
     if not train:
         return "(no training steps recorded)"
     rows = [
-        ("train loss (first 4 / last 4 steps)", window_mean(train, "train/loss", True), window_mean(train, "train/loss", False)),
+        (
+            "train loss (first 4 / last 4 steps)",
+            window_mean(train, "train/loss", True),
+            window_mean(train, "train/loss", False),
+        ),
         ("train preference accuracy", window_mean(train, "train/acc", True), window_mean(train, "train/acc", False)),
     ]
     if val:
