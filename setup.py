@@ -18,6 +18,7 @@ setup(
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["nemo_gammapo", "nemo_gammapo.*"]),
     install_requires=["torch>=2.2"],
+    entry_points={"console_scripts": ["nemo-gammapo=nemo_gammapo.cli:main"]},
     extras_require={
         # The NeMo stack; use requirements/constraints-cpu.txt for the exact, tested pins.
         "nemo": [

@@ -46,7 +46,7 @@ def test_all_configs_found() -> None:
 def test_config_composes_and_validates(name: str) -> None:
     cfg = composed(name)
     validate_config(cfg)
-    loss_cfg, gamma_cfg = loss_configs(cfg.model.dpo)
+    loss_cfg, _ = loss_configs(cfg.model.dpo)
     assert loss_cfg.gamma0 == pytest.approx(cfg.model.dpo.gamma_beta_ratio * cfg.model.dpo.ref_policy_kl_penalty)
     assert cfg.model.global_batch_size % cfg.model.micro_batch_size == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ def window_mean(records: Sequence[dict[str, Any]], key: str, first: bool, n: int
 def step_seconds(history: Sequence[dict[str, Any]]) -> float:
     """Median wall seconds between consecutive training steps (includes data and reference work)."""
     times = [r["wall_time"] for r in train_records(history)]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     return statistics.median(gaps) if gaps else float("nan")
 
 
@@ -66,7 +67,8 @@ def results_table(history: Sequence[dict[str, Any]]) -> str:
             f"γ at the last step: mean {g['gamma_mean']:.4f}  std {g['gamma_std']:.4f}  "
             f"min {g['gamma_min']:.4f}  max {g['gamma_max']:.4f}",
             f"margin mean {g['margin_mean']:.4f} (std {g['margin_std']:.4f}); pairs with γ > γ0: "
-            f"{g['gamma_above_gamma0']:.0%}; queue fill {g['queue_fill']:.0%}; excluded pairs {g['excluded_pairs']:.0f}",
+            f"{g['gamma_above_gamma0']:.0%}; queue fill {g['queue_fill']:.0%}; "
+            f"excluded pairs {g['excluded_pairs']:.0f}",
         ]
     lines.append(f"steps: {int(train[-1]['step']) + 1}, median wall time per step: {step_seconds(history):.2f} s")
     return "\n".join(lines)
