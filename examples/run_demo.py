@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,12 +59,15 @@ def launch(run_dir: Path, nproc: int, overrides: list[str]) -> None:
     with log_path.open("w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
+        shown = -1
         for segment in _segments(proc.stdout):
             log.write(segment)
             bar = segment.strip()
-            if bar.startswith("Training steps") and "[" in bar:
-                # tqdm's bar and rate, without NeMo-Aligner's postfix of every metric
-                print("\r  " + bar.split(",", 1)[0].split("]", 1)[0] + "]", end="", flush=True)
+            progress = re.search(r"\| *(\d+)/(\d+) \[", bar)
+            # Every rank draws a bar: show each step once, without NeMo-Aligner's metric postfix.
+            if bar.startswith("Training steps") and progress and int(progress.group(1)) > shown:
+                shown = int(progress.group(1))
+                print("\r  " + bar.split(", train_", 1)[0].rstrip("]") + "]", end="", flush=True)
         rc = proc.wait()
     print(flush=True)
     if rc != 0:
