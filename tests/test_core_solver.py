@@ -148,3 +148,13 @@ def test_all_invalid_gives_gamma0() -> None:
 
 def test_equal_margins_give_gamma0() -> None:
     torch.testing.assert_close(solve_gamma(torch.full((16,), 0.7), 3.0, 10.0), torch.full((16,), 3.0))
+
+
+@pytest.mark.slow
+def test_compiled_solver_matches_eager_with_padding() -> None:
+    """torch.compile path: same γ, padded to a fixed size, across different set sizes."""
+    for n in (37, 64):
+        r = margins(n)
+        eager = solve_gamma(r, 4.0, 10.0)
+        compiled = solve_gamma(r, 4.0, 10.0, compile=True, pad_to=96)
+        torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=0)

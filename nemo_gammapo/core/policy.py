@@ -56,9 +56,17 @@ class GammaMarginPolicy:
             solve_margins, solve_valid = self.queue.solve_set(margins, valid)
             self.queue.generator.set_state(generator_state)
         c = self.config
-        gamma = solve_gamma(solve_margins, self.gamma0, c.tau, c.num_iters, c.lr, valid=solve_valid, method=c.solver)[
-            :n
-        ]
+        gamma = solve_gamma(
+            solve_margins,
+            self.gamma0,
+            c.tau,
+            c.num_iters,
+            c.lr,
+            valid=solve_valid,
+            method=c.solver,
+            compile=c.compile,
+            pad_to=max(c.solve_size, n),
+        )[:n]
         if update:
             self.queue.push(margins, valid)
         return gamma.reshape(margins.shape)
