@@ -112,3 +112,24 @@ def test_entry_point_fails_at_start_up_naming_the_key(tmp_path) -> None:
     assert proc.returncode != 0
     assert "model.dpo.gamma.tau: GammaConfig.tau must be a finite number > 0 (got -1)" in proc.stdout + proc.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_entry_point_refuses_a_malformed_data_file(tmp_path) -> None:
+    """The training entry point validates its JSONL at start-up and shows the first problems."""
+    bad = tmp_path / "train.jsonl"
+    good = '{"prompt": "Q", "chosen_response": "a", "rejected_response": "b"}'
+    bad.write_text(good + "\n" + "{not json\n", encoding="utf-8")
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / "train_gpt_gammapo.py"),
+        "--config-name",
+        "tiny_cpu",
+        f"run_dir={tmp_path / 'run'}",
+        f"model.data.data_prefix.train=[{bad}]",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "model.data.data_prefix.train" in out and f"{bad}:2:" in out
+    assert not (tmp_path / "run" / "checkpoints").exists()

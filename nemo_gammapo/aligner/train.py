@@ -89,12 +89,32 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"model.global_batch_size ({gbs}) must be a multiple of model.micro_batch_size ({mbs})")
 
 
+def validate_data_files(cfg: DictConfig) -> None:
+    """Refuse malformed preference JSONL before anything is built, showing the first problems."""
+    from nemo_gammapo.data.startup import validate_training_data
+    from nemo_gammapo.data.validate import DataValidationError
+
+    data = cfg.model.data
+    if data.get("data_impl", "jsonl") not in ("jsonl", "json"):
+        return
+    byte_level = (cfg.model.get("tokenizer") or {}).get("library") == "byte-level"
+    try:
+        validate_training_data(
+            data.data_prefix,
+            max_length=data.get("seq_length") if byte_level else None,  # byte counts are exact only there
+            warn=lambda msg: print(f"WARNING: {msg}", flush=True),
+        )
+    except DataValidationError as e:
+        raise ConfigError(str(e)) from None
+
+
 def train(cfg: DictConfig) -> TrainResult:
     """Run γ-PO training as configured; see ``conf/gpt_gammapo.yaml`` for every key."""
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
     maybe_apply_cpu_patches(nemo=True)
     validate_config(cfg)
+    validate_data_files(cfg)
 
     import torch
     from nemo.utils import logging

@@ -1,0 +1,217 @@
+"""``nemo-gammapo data`` — convert, validate / stats, flip, template.
+
+nemo-gammapo data convert SOURCE --out DIR [--template llama3] [--split train_prefs=train ...]
+nemo-gammapo data validate FILE [FILE ...] [--max-length 2048 --tokenizer bytes|chars|DIR]
+nemo-gammapo data stats FILE [FILE ...]          (same checks; always prints length statistics)
+nemo-gammapo data flip IN OUT --p 0.2 --seed 0   (label-flip noise; flipped ids → OUT.flips.json)
+nemo-gammapo data template FAMILY "user text"    (print a rendered prompt, to eyeball a format)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nemo_gammapo.data.templates import FAMILIES
+
+
+def _split_map(values: list[str] | None) -> dict[str, str] | None:
+    if not values:
+        return None
+    mapping = {}
+    for v in values:
+        src, _, dst = v.partition("=")
+        mapping[src] = dst or src
+    return mapping
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="HF dataset / parquet / JSONL → training JSONL")
+    p.add_argument("source", help="hub name, save_to_disk folder, folder of data files, .parquet/.jsonl/.json file")
+    p.add_argument("--out", type=Path, required=True, help="output folder: <split>.jsonl + conversion_summary.json")
+    p.add_argument("--style", default="auto", choices=["auto", "plain", "messages", "onpolicy"])
+    p.add_argument("--template", choices=sorted(FAMILIES), help="chat template for the prompt (default: none)")
+    p.add_argument("--no-bos", action="store_true", help="do not write BOS as text (your tokenizer adds it)")
+    p.add_argument("--no-end-of-turn", action="store_true", help="do not append the end-of-turn marker to responses")
+    p.add_argument("--system", help="system prompt for conversations without one")
+    p.add_argument("--no-default-system", action="store_true", help="qwen2.5: no default system prompt")
+    p.add_argument("--split", action="append", metavar="IN[=OUT]", help="split to convert (repeatable; default all)")
+    p.add_argument("--holdout", type=float, default=0.0, help="fraction of output 'train' moved to 'validation'")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--no-shuffle", action="store_true", help="keep source order")
+    p.add_argument("--id-prefix", default="", help="prefix for generated ids")
+    p.add_argument("--max-rows", type=int, help="read at most this many rows per split")
+    p.add_argument("--config-name", help="hub dataset configuration")
+    p.add_argument("--cache-dir", help="datasets cache folder")
+    for name, default in (("prompt", "prompt"), ("chosen", "chosen"), ("rejected", "rejected")):
+        p.add_argument(f"--{name}-field", default=default, help=f"column holding the {name} (default {default!r})")
+    p.add_argument("--responses-field", default="all_generated_responses", help="on-policy: list of responses")
+    p.add_argument("--scores-field", default="all_rm_scores", help="on-policy: list of reward scores")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_validate(sub: argparse._SubParsersAction, name: str, help_: str) -> None:
+    p = sub.add_parser(name, help=help_)
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--max-errors", type=int, default=50, help="problems listed per file (all are counted)")
+    p.add_argument("--max-length", type=int, help="count pairs longer than this (NeMo-Aligner's seq_length)")
+    p.add_argument("--tokenizer", default="bytes", help="bytes (default; NeMo byte-level), chars, or a local folder")
+    p.add_argument("--strict-length", action="store_true", help="treat over-length pairs as errors")
+    p.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from nemo_gammapo.data.convert import ConvertOptions, convert_dataset
+    from nemo_gammapo.data.rows import Fields
+    from nemo_gammapo.data.sources import load_source
+    from nemo_gammapo.data.validate import validate_file
+
+    fields = Fields(
+        prompt=args.prompt_field,
+        chosen=args.chosen_field,
+        rejected=args.rejected_field,
+        responses=args.responses_field,
+        scores=args.scores_field,
+    )
+    opts = ConvertOptions(
+        style=args.style,
+        template=args.template,
+        bos=not args.no_bos,
+        end_of_turn=not args.no_end_of_turn,
+        system=args.system,
+        default_system=not args.no_default_system,
+        seed=None if args.no_shuffle else args.seed,
+        splits=_split_map(args.split),
+        holdout=args.holdout,
+        id_prefix=args.id_prefix,
+        fields=fields,
+        max_rows=args.max_rows,
+        progress=not args.no_progress,
+    )
+    try:
+        dsd = load_source(args.source, config_name=args.config_name, cache_dir=args.cache_dir)
+        summary = convert_dataset(dsd, args.out, opts, source=args.source)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nemo-gammapo data convert: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    status = 0
+    for split in summary.splits.values():
+        report = validate_file(split.path)
+        if not report.ok:
+            print(report.format(stats=False))
+            status = 1
+    return status
+
+
+def run_validate(args: argparse.Namespace, always_stats: bool) -> int:
+    from nemo_gammapo.data.lengths import make_length_fn
+    from nemo_gammapo.data.validate import validate_file
+
+    try:
+        length_fn, unit = make_length_fn(args.tokenizer)
+    except ValueError as e:
+        print(f"nemo-gammapo data: {e}", file=sys.stderr)
+        return 2
+    reports = [
+        validate_file(
+            f,
+            max_errors=args.max_errors,
+            max_length=args.max_length,
+            length_fn=length_fn,
+            length_unit=unit,
+            overlength_is_error=args.strict_length,
+            progress=not args.no_progress,
+        )
+        for f in args.files
+    ]
+    if args.json:
+        out = [
+            {
+                "path": r.path,
+                "ok": r.ok,
+                "lines": r.lines,
+                "records": r.records,
+                "counts": dict(r.counts),
+                "errors": [vars(p) for p in r.errors],
+                "over_length": r.over_length,
+            }
+            for r in reports
+        ]
+        print(json.dumps(out, indent=1))
+    else:
+        for r in reports:
+            print(r.format(max_shown=args.max_errors, stats=always_stats or r.ok))
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def run_flip(args: argparse.Namespace) -> int:
+    from nemo_gammapo.data.noise import flip_file
+    from nemo_gammapo.data.validate import DataValidationError
+
+    try:
+        result = flip_file(
+            args.src, args.dst, p=args.p, seed=args.seed, ids_path=args.ids, progress=not args.no_progress
+        )
+    except (DataValidationError, ValueError) as e:
+        print(f"nemo-gammapo data flip: {e}", file=sys.stderr)
+        return 1
+    ids = args.ids or Path(args.dst).with_suffix(".flips.json")
+    n = len(result.flipped_ids)
+    print(f"flipped {n} of {result.total} pairs ({result.rate:.4f}; p={args.p}, seed={args.seed})")
+    print(f"wrote {args.dst} and the flipped ids to {ids}")
+    return 0
+
+
+def run_template(args: argparse.Namespace) -> int:
+    from nemo_gammapo.data.templates import render_prompt, render_response
+
+    prompt = render_prompt(
+        args.family, [{"role": "user", "content": args.text}], bos=not args.no_bos, system=args.system
+    )
+    print("prompt:  ", json.dumps(prompt, ensure_ascii=False))
+    print("response:", json.dumps(render_response(args.family, "<assistant text>"), ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nemo-gammapo data`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="nemo-gammapo data", description="preference data tools: convert, validate / stats, flip, template"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_convert(sub)
+    _add_validate(sub, "validate", "check JSONL files; every problem with its line number; exit 1 if any")
+    _add_validate(sub, "stats", "same checks, always with length statistics")
+    p = sub.add_parser("flip", help="label-flip noise: swap chosen/rejected with probability p per pair")
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--p", type=float, required=True, help="flip probability per pair")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ids", type=Path, help="where to write the flipped ids (default DST with .flips.json)")
+    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("template", help="print a rendered prompt for a chat family")
+    p.add_argument("family", choices=sorted(FAMILIES))
+    p.add_argument("text")
+    p.add_argument("--system")
+    p.add_argument("--no-bos", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``nemo-gammapo data``."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "convert":
+        return run_convert(args)
+    if args.command in ("validate", "stats"):
+        return run_validate(args, always_stats=args.command == "stats")
+    if args.command == "flip":
+        return run_flip(args)
+    return run_template(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
