@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Shared by the γ-PO sbatch scripts in this folder (source it; do not run it).
+#
+# Builds the one `srun` command that starts NODES × GPUS_PER_NODE training tasks (one per GPU) in
+# the NGC container through pyxis/enroot, then either prints it (DRY_RUN=1) or runs it with
+# automatic requeue. Settings, all optional environment variables (defaults in brackets):
+#   CONFIG          conf/ name                                        [set by the sbatch script]
+#   NODES           nodes                       [$SLURM_JOB_NUM_NODES, else the script's default]
+#   GPUS_PER_NODE   tasks (GPUs) per node                         [$SLURM_GPUS_ON_NODE, else 8]
+#   CONTAINER_IMAGE pyxis image: registry image or .sqsh file          [nvcr.io#nvidia/nemo:25.02.01]
+#   MOUNT_REPO      1: mount this checkout at /opt/nemo_gammapo (for the plain NGC image);
+#                   0: use the copy installed in an image built by docker/build.sh           [1]
+#   DATA_DIR        host folder with train.jsonl / val.jsonl, mounted at /data          [$PWD/data]
+#   CKPT_DIR        host folder with the .nemo checkpoint, mounted at /ckpt              [$PWD/ckpt]
+#   RESULTS_DIR     host folder for runs (checkpoints, logs), mounted at /results     [$PWD/results]
+#   MODEL_FILE      .nemo file name inside CKPT_DIR                            [$CONFIG.nemo]
+#   TRAIN_FILE / VAL_FILE   file names inside DATA_DIR                [train.jsonl / val.jsonl]
+#   RUN_NAME        run folder under RESULTS_DIR; the same name resumes the same run   [$CONFIG]
+#   STOP_AFTER_STEPS  end this job after N steps with a checkpoint (fixed-length allocations)
+#   EXTRA_ARGS      more Hydra overrides, space separated (no spaces inside one override)
+#   EXTRA_MOUNTS    more container mounts, comma separated SRC:DST
+#   SRUN_ARGS       more srun options, space separated (e.g. --cpu-bind=verbose,none)
+#   DRY_RUN         1: print the environment and the exact srun command, run nothing      [0]
+
+gammapo_fail() {
+    echo "gammapo: $*" >&2
+    exit 2
+}
+
+# gammapo_quote LEVEL ARG: ARG as shell text; plain words as they are, others in double quotes (LEVEL
+# inner, for the command inside `bash -c`) or single quotes (LEVEL outer).
+gammapo_quote() {
+    local level=$1 arg=$2
+    if [[ "$arg" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then
+        printf '%s' "$arg"
+    elif [[ "$level" == inner && ! "$arg" =~ [\"\$\`\\\'] ]]; then
+        printf '"%s"' "$arg"
+    elif [[ "$level" == outer && "$arg" != *"'"* ]]; then
+        printf "'%s'" "$arg"
+    else
+        printf '%q' "$arg"
+    fi
+}
+
+# gammapo_settings DEFAULT_NODES: fill in and check every setting.
+gammapo_settings() {
+    local default_nodes=$1
+    : "${CONFIG:?CONFIG must be set}"
+    NODES=${NODES:-${SLURM_JOB_NUM_NODES:-$default_nodes}}
+    if [[ -n "${SLURM_JOB_NUM_NODES:-}" && "$NODES" != "$SLURM_JOB_NUM_NODES" ]]; then
+        gammapo_fail "NODES=$NODES but the allocation has $SLURM_JOB_NUM_NODES nodes (use sbatch --nodes=$NODES)"
+    fi
+    GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
+    [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || gammapo_fail "NODES must be a positive integer (got '$NODES')"
+    [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || gammapo_fail "GPUS_PER_NODE must be a positive integer"
+    CONTAINER_IMAGE=${CONTAINER_IMAGE:-nvcr.io#nvidia/nemo:25.02.01}
+    MOUNT_REPO=${MOUNT_REPO:-1}
+    DATA_DIR=${DATA_DIR:-$PWD/data}
+    CKPT_DIR=${CKPT_DIR:-$PWD/ckpt}
+    RESULTS_DIR=${RESULTS_DIR:-$PWD/results}
+    MODEL_FILE=${MODEL_FILE:-$CONFIG.nemo}
+    TRAIN_FILE=${TRAIN_FILE:-train.jsonl}
+    VAL_FILE=${VAL_FILE:-val.jsonl}
+    RUN_NAME=${RUN_NAME:-$CONFIG}
+    LOG_DIR=$RESULTS_DIR/$RUN_NAME/slurm_logs
+}
+
+# gammapo_rendezvous: MASTER_ADDR (first node of the allocation) and MASTER_PORT (from the job id).
+gammapo_rendezvous() {
+    if [[ -z "${MASTER_ADDR:-}" ]]; then
+        if [[ -n "${SLURM_JOB_NODELIST:-}" ]] && command -v scontrol > /dev/null; then
+            MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+        else
+            MASTER_ADDR=$(hostname)
+        fi
+    fi
+    MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
+    export MASTER_ADDR MASTER_PORT
+}
+
+# gammapo_srun_cmd REPO: fill the array SRUN_CMD.
+gammapo_srun_cmd() {
+    local repo=$1 workdir=/opt/nemo_gammapo
+    local mounts="$DATA_DIR:/data,$CKPT_DIR:/ckpt,$RESULTS_DIR:/results"
+    [[ "$MOUNT_REPO" == 1 ]] && mounts="$mounts,$repo:$workdir"
+    [[ -n "${EXTRA_MOUNTS:-}" ]] && mounts="$mounts,$EXTRA_MOUNTS"
+    local -a srun_extra=()
+    [[ -n "${SRUN_ARGS:-}" ]] && read -r -a srun_extra <<< "$SRUN_ARGS"
+    local -a train=(
+        python -u examples/train_gpt_gammapo.py --config-name "$CONFIG"
+        "run_dir=/results/$RUN_NAME"
+        "trainer.num_nodes=$NODES" "trainer.devices=$GPUS_PER_NODE"
+        "pretrained_checkpoint.restore_from_path=/ckpt/$MODEL_FILE"
+        "model.data.data_prefix.train=[/data/$TRAIN_FILE]"
+        "model.data.data_prefix.validation=[/data/$VAL_FILE]"
+    )
+    [[ -n "${STOP_AFTER_STEPS:-}" ]] && train+=("trainer.dpo.stop_after_steps=$STOP_AFTER_STEPS")
+    if [[ -n "${EXTRA_ARGS:-}" ]]; then
+        local -a extra
+        read -r -a extra <<< "$EXTRA_ARGS"
+        train+=("${extra[@]}")
+    fi
+    # torchrun-style variables per task, from SLURM's; PYTHONPATH finds the mounted checkout.
+    local inner arg
+    inner="export RANK=\$SLURM_PROCID LOCAL_RANK=\$SLURM_LOCALID WORLD_SIZE=\$SLURM_NTASKS"
+    inner+=" PYTHONPATH=$workdir\${PYTHONPATH:+:\$PYTHONPATH}; exec"
+    for arg in "${train[@]}"; do
+        inner+=" $(gammapo_quote inner "$arg")"
+    done
+    SRUN_CMD=(
+        srun
+        "--nodes=$NODES"
+        "--ntasks-per-node=$GPUS_PER_NODE"
+        "--ntasks=$((NODES * GPUS_PER_NODE))"
+        "--container-image=$CONTAINER_IMAGE"
+        "--container-mounts=$mounts"
+        "--container-workdir=$workdir"
+        --no-container-mount-home
+        --kill-on-bad-exit=1
+        --label
+        "--output=$LOG_DIR/%x_%j_restart${SLURM_RESTART_COUNT:-0}.log"
+        "${srun_extra[@]}"
+        bash -c "$inner"
+    )
+}
+
+# gammapo_print: the environment the tasks inherit and the srun command, ready to paste.
+gammapo_print() {
+    echo "# γ-PO: $NODES node(s) × $GPUS_PER_NODE GPUs = $((NODES * GPUS_PER_NODE)) tasks, config $CONFIG"
+    echo "export MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT"
+    local name nccl=""
+    for name in "${GAMMAPO_ENV_VARS[@]}"; do
+        [[ -n "${!name:-}" ]] && nccl+=" $name=${!name}"
+    done
+    echo "export${nccl}"
+    local i last=$((${#SRUN_CMD[@]} - 1))
+    for i in "${!SRUN_CMD[@]}"; do
+        if ((i == last)); then
+            printf '%s\n' "$(gammapo_quote outer "${SRUN_CMD[i]}")"
+        elif [[ "${SRUN_CMD[i]}" =~ ^(srun|bash|-c)$ ]]; then
+            printf '%s ' "${SRUN_CMD[i]}"
+        else
+            printf '%s \\\n  ' "$(gammapo_quote outer "${SRUN_CMD[i]}")"
+        fi
+    done
+}
+
+# gammapo_requeue: on USR1 (sent before the time limit, see --signal) put the job back in the queue;
+# the next run finds the last checkpoint under RESULTS_DIR/RUN_NAME and resumes from it.
+gammapo_requeue() {
+    echo "gammapo: time limit near; requeueing job $SLURM_JOB_ID (restart $((${SLURM_RESTART_COUNT:-0} + 1)))"
+    scontrol requeue "$SLURM_JOB_ID"
+}
+
+# gammapo_main REPO DEFAULT_NODES: the body of every sbatch script.
+gammapo_main() {
+    local repo=$1
+    gammapo_settings "$2"
+    gammapo_rendezvous
+    gammapo_srun_cmd "$repo"
+    # shellcheck source=docker/nccl_env.sh
+    source "$repo/docker/nccl_env.sh"
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+        gammapo_print
+        return 0
+    fi
+    [[ -n "${SLURM_JOB_ID:-}" ]] || gammapo_fail "not inside a SLURM job: submit with sbatch, or set DRY_RUN=1"
+    mkdir -p "$LOG_DIR"
+    gammapo_print
+    trap gammapo_requeue USR1
+    "${SRUN_CMD[@]}" &
+    local pid=$!
+    wait "$pid"  # returns early when USR1 arrives; the trap then requeues
+    local rc=$?
+    wait "$pid" 2> /dev/null
+    return "$rc"
+}

@@ -1,0 +1,201 @@
+"""SLURM scripts and Docker helpers: shellcheck-clean, and their dry runs print correct commands.
+
+No SLURM, pyxis or Docker is needed: every script has a DRY_RUN=1 mode that only prints.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SBATCH = sorted((ROOT / "examples" / "slurm").glob("*.sbatch"))
+SHELL_FILES = [*SBATCH, ROOT / "examples" / "slurm" / "common.sh", *sorted((ROOT / "docker").glob("*.sh"))]
+
+
+def shellcheck() -> str:
+    for candidate in (ROOT / ".venv" / "bin" / "shellcheck", shutil.which("shellcheck")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    pytest.fail("shellcheck not found (.venv/bin/shellcheck or PATH)")
+
+
+def test_scripts_exist() -> None:
+    names = {p.name for p in SBATCH}
+    assert {"gammapo_single_node.sbatch", "gammapo_multi_node.sbatch"} <= names
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=lambda p: p.name)
+def test_shellcheck_clean(path: Path) -> None:
+    proc = subprocess.run(
+        [shellcheck(), "-x", "--severity=style", str(path.relative_to(ROOT))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "NCCL_"))}
+    for key in ("NODES", "GPUS_PER_NODE", "CONFIG", "EXTRA_ARGS", "STOP_AFTER_STEPS", "RUN_NAME", "CONTAINER_IMAGE"):
+        env.pop(key, None)
+    env.update(extra)
+    return env
+
+
+def dry_run(script: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(ROOT / "examples" / "slurm" / script)],
+        cwd=ROOT,
+        env=clean_env(DRY_RUN="1", MASTER_ADDR="node001", **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def parse_srun(stdout: str) -> tuple[list[str], list[str]]:
+    """(srun arguments up to `bash -c`, the training command inside it), via a real shell parser."""
+    text = stdout[stdout.index("srun ") :]
+    argv = shlex.split(text.replace("\\\n", " "))
+    assert argv[0] == "srun" and argv[-3:-1] == ["bash", "-c"], argv
+    inner = argv[-1]
+    setup, _, command = inner.partition("; exec ")
+    assert "RANK=$SLURM_PROCID" in setup and "LOCAL_RANK=$SLURM_LOCALID" in setup
+    assert "WORLD_SIZE=$SLURM_NTASKS" in setup
+    return argv[:-3], shlex.split(command)
+
+
+def option(args: list[str], name: str) -> str:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+    assert len(values) == 1, (name, args)
+    return values[0]
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 8])
+@pytest.mark.parametrize("script", ["gammapo_multi_node.sbatch", "gammapo_single_node.sbatch"])
+def test_dry_run_prints_correct_srun(tmp_path: Path, script: str, nodes: int) -> None:
+    proc = dry_run(
+        script,
+        NODES=str(nodes),
+        CONFIG="llama3_70b_instruct",
+        DATA_DIR=str(tmp_path / "data"),
+        CKPT_DIR=str(tmp_path / "ckpt"),
+        RESULTS_DIR=str(tmp_path / "res"),
+        STOP_AFTER_STEPS="200",
+        EXTRA_ARGS="model.dpo.gamma.tau=5.0",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "export MASTER_ADDR=node001 MASTER_PORT=" in proc.stdout
+    srun, train = parse_srun(proc.stdout)
+    assert option(srun, "nodes") == str(nodes)
+    assert option(srun, "ntasks-per-node") == "8"
+    assert option(srun, "ntasks") == str(8 * nodes)  # one task per GPU
+    assert option(srun, "container-image") == "nvcr.io#nvidia/nemo:25.02.01"
+    mounts = dict(m.split(":")[::-1] for m in option(srun, "container-mounts").split(","))
+    assert mounts["/data"] == str(tmp_path / "data") and mounts["/ckpt"] == str(tmp_path / "ckpt")
+    assert mounts["/results"] == str(tmp_path / "res") and mounts["/opt/nemo_gammapo"] == str(ROOT)
+    assert option(srun, "container-workdir") == "/opt/nemo_gammapo"
+    assert option(srun, "output").startswith(str(tmp_path / "res" / "llama3_70b_instruct" / "slurm_logs"))
+    assert train[:5] == ["python", "-u", "examples/train_gpt_gammapo.py", "--config-name", "llama3_70b_instruct"]
+    overrides = train[5:]
+    for expected in (
+        "run_dir=/results/llama3_70b_instruct",  # fixed run folder: a rerun/requeue resumes from it
+        f"trainer.num_nodes={nodes}",
+        "trainer.devices=8",
+        "pretrained_checkpoint.restore_from_path=/ckpt/llama3_70b_instruct.nemo",
+        "model.data.data_prefix.train=[/data/train.jsonl]",
+        "model.data.data_prefix.validation=[/data/val.jsonl]",
+        "trainer.dpo.stop_after_steps=200",
+        "model.dpo.gamma.tau=5.0",
+    ):
+        assert expected in overrides, (expected, overrides)
+
+
+def test_gpus_per_node_and_prebuilt_image(tmp_path: Path) -> None:
+    proc = dry_run(
+        "gammapo_multi_node.sbatch",
+        NODES="2",
+        GPUS_PER_NODE="4",
+        CONTAINER_IMAGE="/lustre/img/nemo-gammapo.sqsh",
+        MOUNT_REPO="0",
+        RESULTS_DIR=str(tmp_path),
+        EXTRA_MOUNTS="/lustre/hf:/hf",
+        SRUN_ARGS="--cpu-bind=none --mpi=pmix",
+        NCCL_IB_HCA="mlx5_0,mlx5_1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "NCCL_IB_HCA=mlx5_0,mlx5_1" in proc.stdout and "CUDA_DEVICE_MAX_CONNECTIONS=1" in proc.stdout
+    srun, train = parse_srun(proc.stdout)
+    assert "--cpu-bind=none" in srun and "--mpi=pmix" in srun
+    assert option(srun, "container-mounts").endswith(",/lustre/hf:/hf")
+    assert (option(srun, "ntasks-per-node"), option(srun, "ntasks")) == ("4", "8")
+    assert option(srun, "container-image") == "/lustre/img/nemo-gammapo.sqsh"
+    assert "/opt/nemo_gammapo" not in option(srun, "container-mounts")  # the image's installed copy is used
+    assert "trainer.devices=4" in train and "trainer.num_nodes=2" in train
+
+
+def test_defaults_and_allocation_mismatch() -> None:
+    proc = dry_run("gammapo_multi_node.sbatch")
+    assert proc.returncode == 0, proc.stderr
+    srun, train = parse_srun(proc.stdout)
+    assert option(srun, "nodes") == "4" and "--config-name" in train and "llama3_70b_instruct" in train
+    proc = dry_run("gammapo_single_node.sbatch")
+    srun, train = parse_srun(proc.stdout)
+    assert option(srun, "nodes") == "1" and "llama3_8b_instruct" in train
+    # inside an allocation the node count must agree with it
+    proc = dry_run("gammapo_multi_node.sbatch", NODES="8", SLURM_JOB_NUM_NODES="4")
+    assert proc.returncode != 0 and "allocation has 4 nodes" in proc.stderr
+    proc = dry_run("gammapo_multi_node.sbatch", SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="12345")
+    srun, _ = parse_srun(proc.stdout)
+    assert option(srun, "nodes") == "2" and "MASTER_PORT=32345" in proc.stdout
+
+
+def test_not_in_a_job_without_dry_run() -> None:
+    env = clean_env(NODES="1")
+    proc = subprocess.run(
+        ["bash", str(ROOT / "examples/slurm/gammapo_single_node.sbatch")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "not inside a SLURM job" in proc.stderr
+
+
+def test_sbatch_headers_request_resume_and_one_task_per_gpu() -> None:
+    for path in SBATCH:
+        text = path.read_text()
+        for directive in ("--requeue", "--signal=B:USR1@", "--ntasks-per-node=8", "--gpus-per-node=8"):
+            assert f"#SBATCH {directive}" in text, (path.name, directive)
+    common = (ROOT / "examples/slurm/common.sh").read_text()
+    assert "trap gammapo_requeue USR1" in common and 'scontrol requeue "$SLURM_JOB_ID"' in common
+
+
+def test_docker_helpers_dry_run(tmp_path: Path) -> None:
+    env = clean_env(DRY_RUN="1", DATA_DIR="/d", CKPT_DIR="/c", RESULTS_DIR="/r", NCCL_IB_HCA="mlx5_0")
+    proc = subprocess.run(
+        ["bash", "docker/run.sh", "python", "-c", "print(1)"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    argv = shlex.split(proc.stdout)
+    assert argv[:3] == ["docker", "run", "--rm"] and "--gpus" in argv and "--ipc=host" in argv
+    for mount in ("/d:/data", "/c:/ckpt", "/r:/results"):
+        assert mount in argv
+    for env_var in ("NCCL_IB_HCA=mlx5_0", "CUDA_DEVICE_MAX_CONNECTIONS=1", "NCCL_IB_TIMEOUT=22"):
+        assert env_var in argv
+    assert argv[-4:] == ["nemo-gammapo:latest", "python", "-c", "print(1)"]
+    proc = subprocess.run(
+        ["bash", "docker/build.sh"], cwd=ROOT, env={**env, "SQSH": "/x/img.sqsh"}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "docker build -t nemo-gammapo:latest -f Dockerfile -" in proc.stdout
+    assert "enroot import -o /x/img.sqsh dockerd://nemo-gammapo:latest" in proc.stdout
