@@ -53,6 +53,7 @@ class RunSpec:
     data_seed: int = 0
     model_seed: int = 0
     mask_pair: tuple[int, int] | None = (1, 1)  # (step, global pair index) truncated away, or None
+    gamma_compile: bool = False
 
 
 def synthetic_step(spec: RunSpec, cfg: TinyGPTConfig, step: int) -> dict[str, Tensor]:
@@ -95,7 +96,13 @@ def rank_microbatches(step_data: dict[str, Tensor], spec: RunSpec, dp: int, dp_r
 def make_loss(spec: RunSpec) -> GammaPOLoss:
     return GammaPOLoss(
         PreferenceLossConfig(name=spec.loss_name, beta=spec.beta, gamma_beta_ratio=spec.gamma_beta_ratio),
-        GammaConfig(tau=spec.tau, queue_capacity=spec.queue_capacity, solve_size=spec.solve_size, seed=1),
+        GammaConfig(
+            tau=spec.tau,
+            queue_capacity=spec.queue_capacity,
+            solve_size=spec.solve_size,
+            seed=1,
+            compile=spec.gamma_compile,
+        ),
     )
 
 
@@ -107,7 +114,8 @@ class LayoutRun:
         if world % (layout.tp * layout.pp):
             raise ValueError(f"world size {world} is not divisible by tp·pp = {layout.tp * layout.pp}")
         self.layout, self.spec, self.cfg = layout, spec, cfg or TinyGPTConfig()
-        parallel_state.initialize_model_parallel(layout.tp, layout.pp)
+        if not parallel_state.model_parallel_is_initialized():  # several runs may share one layout
+            parallel_state.initialize_model_parallel(layout.tp, layout.pp)
         model_parallel_cuda_manual_seed(spec.model_seed + 1)
         self.dp = parallel_state.get_data_parallel_world_size()
         if spec.pairs_per_microbatch != self.dp * layout.pairs_per_rank:
@@ -132,13 +140,14 @@ class LayoutRun:
             forward_only=forward_only,
         )
 
-    def train_step(self) -> dict[str, Any]:
-        """One optimizer step; returns metrics, γ per micro-batch and full gradients."""
+    def train_step(self, collect: bool = True) -> dict[str, Any]:
+        """One optimizer step; returns metrics, γ per micro-batch and (``collect``) full gradients."""
         data = synthetic_step(self.spec, self.cfg, self.step_index)
         mbs = rank_microbatches(data, self.spec, self.dp, parallel_state.get_data_parallel_rank())
         self.model.zero_grad(set_to_none=True)
         self.loss.train()
-        self.loss.pair_log.clear()
+        if self.loss.pair_log is not None:
+            self.loss.pair_log.clear()
         per_mb = self._run_schedule(mbs, forward_only=False)
         dp_group = parallel_state.get_data_parallel_group()
         for p in self.model.parameters():
@@ -147,11 +156,13 @@ class LayoutRun:
             if self.dp > 1:
                 dist.all_reduce(p.grad, group=dp_group)
                 p.grad /= self.dp
-        grads = full_gradients(self.model)
+        grads = full_gradients(self.model) if collect else {}
         with torch.no_grad():
             for p in self.model.parameters():
                 p -= self.spec.lr * p.grad
         self.step_index += 1
+        if not collect:
+            return {}
         return {
             "metrics": reduce_step_metrics(per_mb) if self.is_last_stage else None,
             "gamma": [r["gamma"].clone() for r in self.loss.pair_log if "gamma" in r],

@@ -1,0 +1,71 @@
+"""``nemo-gammapo bench``: run the benchmarks, print tables, save JSON.
+
+nemo-gammapo bench all --out docs/benchmarks.json      # the CPU benchmarks (several minutes)
+nemo-gammapo bench solver|step|nemo|gpu [--smoke]       # one of them; --smoke: one tiny iteration
+nemo-gammapo bench gpu [--dry-run]                      # GPU benchmark (or its CPU dry run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nemo_gammapo.bench.common import format_table, machine_info
+
+TARGETS = {
+    "solver": "speedup over the authors' style >= 20x",
+    "step": "gamma / base step time <= 1.02",
+    "nemo": "gamma-SimPO / gamma-DPO step time <= 0.78",
+}
+
+
+def _solver(smoke: bool) -> list[dict[str, Any]]:
+    from nemo_gammapo.bench import solver
+
+    if smoke:
+        return solver.run([64], repeats=2, compile=False)
+    return solver.run([256, 1024, 4096], repeats=50, compile=True)
+
+
+def _step(smoke: bool) -> list[dict[str, Any]]:
+    from nemo_gammapo.bench import train_step
+
+    return train_step.run(steps=1 if smoke else 20, smoke=smoke)
+
+
+def _nemo(smoke: bool) -> list[dict[str, Any]]:
+    from nemo_gammapo.bench import nemo_step
+
+    with tempfile.TemporaryDirectory(prefix="gammapo-bench-") as tmp:
+        return nemo_step.run(Path(tmp), steps=3 if smoke else 16)
+
+
+def _gpu(smoke: bool, dry_run: bool) -> list[dict[str, Any]]:
+    from nemo_gammapo.bench import gpu
+
+    return [gpu.run(dry_run=dry_run or smoke)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nemo-gammapo bench", description=__doc__.splitlines()[0])
+    parser.add_argument("which", choices=["solver", "step", "nemo", "gpu", "all"])
+    parser.add_argument("--smoke", action="store_true", help="one tiny iteration each (for CI; no timing value)")
+    parser.add_argument("--dry-run", action="store_true", help="gpu: run on CPU with tiny shapes")
+    parser.add_argument("--out", type=Path, help="write results as JSON here")
+    args = parser.parse_args(argv)
+
+    names = ["solver", "step", "nemo"] if args.which == "all" else [args.which]
+    results: dict[str, Any] = {"machine": machine_info(), "smoke": args.smoke}
+    for name in names:
+        rows = _gpu(args.smoke, args.dry_run) if name == "gpu" else globals()[f"_{name}"](args.smoke)
+        results[name] = rows
+        print(f"\n== {name} ({TARGETS.get(name, 'no target')}) ==")
+        print(format_table(rows, list(rows[0])))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {args.out}")
+    return 0
