@@ -9,6 +9,7 @@ log-probs, DP averaging, reward logging); this class only
 * skips the reference policy entirely for reference-free losses (SimPO family, CPO, ORPO): no
   reference forward pass, no CPU weight swap, no host copy of the weights;
 * adds the γ / margin metrics to what the trainer logs (one broadcast per step);
+* optionally dumps per-pair margins / γ / losses every K steps (:mod:`nemo_gammapo.aligner.dumps`);
 * saves and restores the margin queue with the checkpoint.
 """
 
@@ -18,11 +19,13 @@ from typing import Any
 
 import torch
 from lightning.pytorch.trainer.trainer import Trainer
+from megatron.core import parallel_state
 from nemo.collections.nlp.parts.utils_funcs import get_last_rank
 from nemo_aligner.models.nlp.gpt.megatron_gpt_dpo_model import MegatronGPTDPOModel
 from omegaconf import DictConfig
 
 from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, loss_configs
+from nemo_gammapo.aligner.dumps import PairDumper
 from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 from nemo_gammapo.distributed.gamma_loss import METRIC_NAMES, GammaPOLoss, reduce_step_metrics
 
@@ -39,6 +42,11 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
             loss_cfg, gamma_cfg = loss_configs(cfg.dpo)
             self.gamma_po = GammaPOLoss(loss_cfg, gamma_cfg)
         self._microbatch_metrics: list[dict[str, torch.Tensor]] = []
+        self.train_steps = 0  # training steps taken (checkpointed); numbers the γ dumps
+        dump = cfg.dpo.get("gamma_dump") or {}
+        self._dumper = None
+        if self.gamma_po is not None and dump.get("every", 0) > 0:
+            self._dumper = PairDumper(dump.get("run_dir") or ".", dump["every"], dump.get("max_pairs", 256))
 
     @property
     def reference_free(self) -> bool:
@@ -73,8 +81,15 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
             return super().get_loss_and_metrics(batch, forward_only)
         self.gamma_po.train(not forward_only)  # validation reads the queue, never pushes
         self._microbatch_metrics = []
+        dump = not forward_only and self._dumper is not None and self._dumper.due(self.train_steps)
+        self.gamma_po.pair_log = [] if dump else None
         loss_mean, metrics = super().get_loss_and_metrics(batch, forward_only)
         metrics.update(self._step_metrics())
+        if dump and self.gamma_po.pair_log and parallel_state.get_tensor_model_parallel_rank() == 0:
+            self._dumper.write(self.train_steps, self.gamma_po.pair_log, parallel_state.get_data_parallel_rank())
+        self.gamma_po.pair_log = None
+        if not forward_only:
+            self.train_steps += 1
         return loss_mean, metrics
 
     def _step_metrics(self) -> dict[str, float]:
@@ -107,9 +122,11 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         if self.gamma_po is not None:
             # NeMo's distributed checkpoint writes this (non-sharded) entry from global rank 0,
             # which is on the first pipeline stage; the queue lives on the last one.
-            checkpoint[CHECKPOINT_KEY] = broadcast_from_last_stage(self.gamma_po.state_dict())
+            state = {**self.gamma_po.state_dict(), "train_steps": self.train_steps}
+            checkpoint[CHECKPOINT_KEY] = broadcast_from_last_stage(state)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.gamma_po is not None and CHECKPOINT_KEY in checkpoint:
             self.gamma_po.load_state_dict(checkpoint[CHECKPOINT_KEY])
+            self.train_steps = int(checkpoint[CHECKPOINT_KEY].get("train_steps", 0))

@@ -11,14 +11,13 @@ tests) can report on it.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from nemo_gammapo.aligner.config import ConfigError, loss_configs
 
@@ -219,9 +218,3 @@ def train(cfg: DictConfig) -> TrainResult:
         holds_reference_weights=model.ref_policy_state_dict is not None,
         gamma_state=model.gamma_po.state_dict() if model.gamma_po is not None else None,
     )
-
-
-def set_run_dir(cfg: DictConfig, run_dir: str | os.PathLike) -> None:
-    """Point every output of a run at ``run_dir`` (used by the demo and tests)."""
-    with open_dict(cfg):
-        cfg.run_dir = str(run_dir)

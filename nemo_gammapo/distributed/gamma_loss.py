@@ -163,7 +163,13 @@ class GammaPOLoss:
         loss = per_pair.sum() / max(b, 1)
 
         if self.pair_log is not None:
-            record = {"margins": all_margins, "valid": all_valid, "local_losses": per_pair.detach()}
+            start = (0 if group is None else dist.get_rank(group)) * (self.pad_to or b)
+            record = {
+                "margins": all_margins,
+                "valid": all_valid,
+                "local_start": torch.tensor(start),
+                "local_losses": per_pair.detach(),
+            }
             if all_gamma is not None:
                 record["gamma"] = all_gamma
             self.pair_log.append(record)
