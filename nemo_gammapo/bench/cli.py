@@ -30,10 +30,10 @@ def _solver(smoke: bool) -> list[dict[str, Any]]:
     return solver.run([256, 1024, 4096], repeats=50, compile=True)
 
 
-def _step(smoke: bool) -> list[dict[str, Any]]:
+def _step(smoke: bool, compile: bool = False) -> list[dict[str, Any]]:
     from nemo_gammapo.bench import train_step
 
-    return train_step.run(steps=1 if smoke else 20, smoke=smoke)
+    return train_step.run(steps=1 if smoke else 20, smoke=smoke, compile=compile)
 
 
 def _nemo(smoke: bool) -> list[dict[str, Any]]:
@@ -54,13 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("which", choices=["solver", "step", "nemo", "gpu", "all"])
     parser.add_argument("--smoke", action="store_true", help="one tiny iteration each (for CI; no timing value)")
     parser.add_argument("--dry-run", action="store_true", help="gpu: run on CPU with tiny shapes")
+    parser.add_argument("--compile", action="store_true", help="step: γ losses use the torch.compile'd solver")
     parser.add_argument("--out", type=Path, help="write results as JSON here")
     args = parser.parse_args(argv)
 
     names = ["solver", "step", "nemo"] if args.which == "all" else [args.which]
     results: dict[str, Any] = {"machine": machine_info(), "smoke": args.smoke}
     for name in names:
-        rows = _gpu(args.smoke, args.dry_run) if name == "gpu" else globals()[f"_{name}"](args.smoke)
+        if name == "gpu":
+            rows = _gpu(args.smoke, args.dry_run)
+        elif name == "step":
+            rows = _step(args.smoke, args.compile)
+        else:
+            rows = globals()[f"_{name}"](args.smoke)
         results[name] = rows
         print(f"\n== {name} ({TARGETS.get(name, 'no target')}) ==")
         print(format_table(rows, list(rows[0])))
