@@ -66,11 +66,12 @@ def _build(shape: Shape, layers: int, dtype: torch.dtype, device: torch.device) 
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from nemo_gammapo.testing.tiny_gpt import unfused_transformer_config
 
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_cuda_manual_seed(0)
-    config = TransformerConfig(
+    config = unfused_transformer_config(
         num_layers=layers,
         hidden_size=shape.hidden,
         num_attention_heads=shape.heads,
@@ -82,12 +83,6 @@ def _build(shape: Shape, layers: int, dtype: torch.dtype, device: torch.device) 
         params_dtype=dtype,
         pipeline_dtype=dtype,
         use_cpu_initialization=device.type == "cpu",
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
     )
     model = GPTModel(
         config=config,

@@ -32,9 +32,25 @@ class TinyGPTConfig:
     init_std: float = 0.15
 
 
+def unfused_transformer_config(**fields: object) -> TransformerConfig:
+    """A ``TransformerConfig`` without dropout or apex/TE fusions (runs on CPU and any GPU).
+
+    ``fields`` are the model's own settings (sizes, dtypes, parallelism) and override the defaults.
+    """
+    defaults: dict[str, object] = {
+        "hidden_dropout": 0.0,
+        "attention_dropout": 0.0,
+        "bias_dropout_fusion": False,
+        "masked_softmax_fusion": False,
+        "gradient_accumulation_fusion": False,
+        "persist_layer_norm": False,
+    }
+    return TransformerConfig(**{**defaults, **fields})
+
+
 def build_tiny_gpt(cfg: TinyGPTConfig, seed: int = 0) -> GPTModel:
     """Build this rank's shard of the tiny GPT (parallel_state must be initialised)."""
-    tc = TransformerConfig(
+    tc = unfused_transformer_config(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -43,12 +59,6 @@ def build_tiny_gpt(cfg: TinyGPTConfig, seed: int = 0) -> GPTModel:
         pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
         pipeline_dtype=torch.float32,
         use_cpu_initialization=True,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        bias_dropout_fusion=False,
-        masked_softmax_fusion=False,
-        gradient_accumulation_fusion=False,
-        persist_layer_norm=False,
     )
     model = GPTModel(
         config=tc,
