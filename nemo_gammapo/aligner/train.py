@@ -147,6 +147,8 @@ def train(cfg: DictConfig) -> TrainResult:
     exp_manager(trainer, cfg.exp_manager)
     run_dir = Path(cfg.exp_manager.explicit_log_dir).resolve()
     history = MetricsHistory(run_dir / "metrics.jsonl", write=trainer.global_rank == 0)
+    if trainer.global_rank == 0:  # the resolved configuration this run uses, for reports and plots
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     logger = CustomLoggerWrapper([*trainer.loggers, history])
 
     if restore_path:

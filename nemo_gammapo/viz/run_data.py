@@ -25,11 +25,12 @@ def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _hparam_files(run_dir: Path) -> list[Path]:
-    return sorted(run_dir.glob("hparams.yaml")) + sorted(run_dir.glob("**/hparams.yaml"))
+    # config.yaml: the resolved run config written at start-up; hparams.yaml: NeMo's, at checkpoints
+    return [p for p in [run_dir / "config.yaml"] if p.exists()] + sorted(run_dir.glob("**/hparams.yaml"))
 
 
 def run_hparams(run_dir: str | Path) -> dict[str, float]:
-    """β, γ/β, γ0 and τ from the run's ``hparams.yaml`` when it has one (else an empty dict)."""
+    """β, γ/β, γ0 and τ from the run's ``config.yaml`` or ``hparams.yaml`` (else an empty dict)."""
     from omegaconf import OmegaConf
 
     for path in _hparam_files(Path(run_dir)):
@@ -52,7 +53,7 @@ def resolve_gamma0(run_dir: str | Path, dumps: pd.DataFrame, gamma0: float | Non
         return float(gamma0), "command line"
     hp = run_hparams(run_dir)
     if "gamma0" in hp:
-        return hp["gamma0"], "hparams.yaml"
+        return hp["gamma0"], "run config"
     gammas = dumps["gamma"].dropna()
     if gammas.empty:
         raise ValueError("γ0 unknown: no hparams.yaml and no γ in the dumps; pass --gamma0")
