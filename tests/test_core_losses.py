@@ -185,3 +185,14 @@ def test_margins_helper_and_gradients_flow() -> None:
         torch.testing.assert_close(out.margins, reward_margins(name, p, cfg))
         (grad,) = torch.autograd.grad(out.losses.sum(), p.chosen)
         assert torch.all(torch.isfinite(grad)) and grad.abs().sum() > 0, name
+
+
+def test_precomputed_rewards_give_the_same_loss() -> None:
+    from nemo_gammapo.core.registry import get_loss_spec
+
+    cfg = PreferenceLossConfig(name="gamma_simpo", beta=2.0)
+    gamma = torch.tensor([0.9, 1.1], dtype=torch.float64)
+    rewards = get_loss_spec("gamma_simpo").reward(pairs(), cfg)
+    a = preference_loss("gamma_simpo", pairs(), cfg, gamma=gamma)
+    b = preference_loss("gamma_simpo", pairs(), cfg, gamma=gamma, rewards=rewards)
+    assert torch.equal(a.losses, b.losses) and torch.equal(a.margins, b.margins)

@@ -167,6 +167,7 @@ def preference_loss(
     target_margin: Tensor | float | None = None,
     dpo_convention: str = "offset",
     reference_margin: Tensor | float | None = None,
+    rewards: tuple[Tensor, Tensor] | None = None,
 ) -> LossOutput:
     """Per-pair preference loss ``name`` on a batch of pairs.
 
@@ -180,13 +181,14 @@ def preference_loss(
         target_margin: overrides the target margin entirely (scalar or per-pair tensor).
         dpo_convention: ``"offset"`` or ``"margin"`` (see :class:`GammaConfig`).
         reference_margin: β-DPO's M0 (default: the mean margin of ``pairs``).
+        rewards: ``(r_w, r_l)`` already computed with this loss's reward (skips recomputing them).
 
     Returns:
         :class:`LossOutput` with per-pair losses (shape ``(B,)``).
     """
     spec = get_loss_spec(name)
     cfg = cfg if cfg is not None else PreferenceLossConfig(name=name)
-    r_w, r_l = spec.reward(pairs, cfg)
+    r_w, r_l = rewards if rewards is not None else spec.reward(pairs, cfg)
     margin = r_w - r_l
 
     if target_margin is not None:

@@ -158,6 +158,7 @@ class GammaPOLoss:
             self.loss_config,
             gamma=gamma,
             dpo_convention=self.gamma_config.dpo_convention,
+            rewards=(r_w, r_l),
         )
         per_pair = torch.where(valid, out.losses, torch.zeros_like(out.losses))
         loss = per_pair.sum() / max(b, 1)
