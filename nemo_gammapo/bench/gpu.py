@@ -16,52 +16,36 @@ import contextlib
 import os
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from nemo_gammapo.launch.models import ModelShape, get_model
+
 # Dense BF16 peak, TFLOP/s, for the MFU denominator (override with --peak-tflops).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
-@dataclass(frozen=True)
-class Shape:
-    hidden: int = 4096
-    heads: int = 32
-    kv_groups: int = 8
-    ffn: int = 14336
-    vocab: int = 128256
-    seq: int = 2048
-    layers: int = 0  # 0: as many as fit
-
-    def layer_params(self) -> int:
-        head_dim = self.hidden // self.heads
-        attn = self.hidden * (self.hidden + 2 * self.kv_groups * head_dim) + self.hidden * self.hidden
-        mlp = 3 * self.hidden * self.ffn  # gated (SwiGLU-style) MLP
-        return attn + mlp
-
-    def params(self, layers: int) -> int:
-        return layers * self.layer_params() + 2 * self.vocab * self.hidden
+SEQ, DRY_RUN_SEQ = 2048, 32
+# Llama-3-8B widths from the planner's model table; the layer count is chosen per GPU.
+DRY_RUN_SHAPE = ModelShape(name="dry-run", hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=256)
 
 
-DRY_RUN_SHAPE = Shape(hidden=64, heads=4, kv_groups=2, ffn=128, vocab=256, seq=32, layers=2)
-
-
-def layers_that_fit(shape: Shape, free_bytes: int, batch_seqs: int) -> int:
+def layers_that_fit(shape: ModelShape, seq: int, free_bytes: int, batch_seqs: int) -> int:
     """Layers whose BF16 weights + grads + activations (no recompute) fit in 80% of free memory."""
-    per_layer = 4 * shape.layer_params() + 34 * shape.seq * batch_seqs * shape.hidden
-    fixed = 4 * 2 * shape.vocab * shape.hidden + 4 * batch_seqs * shape.seq * shape.vocab  # embeddings, fp32 logits
+    per_layer = 4 * shape.layer_params() + 34 * seq * batch_seqs * shape.hidden
+    fixed = 4 * (shape.embedding_params() + shape.output_params()) + 4 * batch_seqs * seq * shape.vocab  # fp32 logits
     return max(1, int((0.8 * free_bytes - fixed) // per_layer))
 
 
-def flops_per_token(shape: Shape, layers: int) -> float:
+def flops_per_token(shape: ModelShape, seq: int) -> float:
     """Training FLOPs per token: 6·N for the matmuls plus attention scores (12·L·h·s)."""
-    return 6 * shape.params(layers) + 12 * layers * shape.hidden * shape.seq
+    return 6 * shape.total_params() + 12 * shape.layers * shape.hidden * seq
 
 
-def _build(shape: Shape, layers: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+def _build(shape: ModelShape, seq: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
@@ -72,10 +56,10 @@ def _build(shape: Shape, layers: int, dtype: torch.dtype, device: torch.device) 
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_cuda_manual_seed(0)
     config = unfused_transformer_config(
-        num_layers=layers,
+        num_layers=shape.layers,
         hidden_size=shape.hidden,
         num_attention_heads=shape.heads,
-        num_query_groups=shape.kv_groups,
+        num_query_groups=shape.kv_heads,
         ffn_hidden_size=shape.ffn,
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
@@ -88,7 +72,7 @@ def _build(shape: Shape, layers: int, dtype: torch.dtype, device: torch.device) 
         config=config,
         transformer_layer_spec=get_gpt_layer_local_spec(),
         vocab_size=shape.vocab,
-        max_sequence_length=shape.seq,
+        max_sequence_length=seq,
         position_embedding_type="rope",
         share_embeddings_and_output_weights=False,
     )
@@ -120,7 +104,8 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
         maybe_apply_cpu_patches()
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    shape = DRY_RUN_SHAPE if not cuda else Shape(layers=layers)
+    shape = DRY_RUN_SHAPE if not cuda else replace(get_model("llama3-8b"), name="llama3-8b-shaped", layers=layers)
+    seq = SEQ if cuda else DRY_RUN_SEQ
     steps = 1 if dry_run else steps
     batch_seqs = 2  # one preference pair: chosen + rejected
     if not dist.is_initialized():
@@ -129,18 +114,18 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
         dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
     if cuda and shape.layers == 0:
         free, _ = torch.cuda.mem_get_info()
-        shape = Shape(layers=layers_that_fit(shape, free, batch_seqs))
-    model = _build(shape, shape.layers, dtype, device)
+        shape = replace(shape, layers=layers_that_fit(shape, seq, free, batch_seqs))
+    model = _build(shape, seq, dtype, device)
     losses = _losses(device)
 
     gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, shape.vocab, (batch_seqs, shape.seq), generator=gen).to(device)
+    tokens = torch.randint(0, shape.vocab, (batch_seqs, seq), generator=gen).to(device)
     labels = torch.roll(tokens, -1, dims=1)
-    loss_mask = torch.zeros(batch_seqs, shape.seq, device=device)
-    loss_mask[:, shape.seq // 2 :] = 1.0
+    loss_mask = torch.zeros(batch_seqs, seq, device=device)
+    loss_mask[:, seq // 2 :] = 1.0
     batch = {
         "tokens": tokens,
-        "position_ids": torch.arange(shape.seq, device=device).expand(batch_seqs, -1),
+        "position_ids": torch.arange(seq, device=device).expand(batch_seqs, -1),
         "labels": labels,
         "loss_mask": loss_mask,
     }
@@ -161,7 +146,7 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
                 data_iterator=iter([batch]),
                 model=model,
                 num_microbatches=1,
-                seq_length=shape.seq,
+                seq_length=seq,
                 micro_batch_size=batch_seqs,
                 forward_only=False,
             )
@@ -180,19 +165,19 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
             if i > 0 or dry_run:
                 times[name].append(time.perf_counter() - start)
     g, b = statistics.median(times["gamma_simpo"]), statistics.median(times["simpo"])
-    tokens_per_s = batch_seqs * shape.seq / g
+    tokens_per_s = batch_seqs * seq / g
     peak = peak_tflops or _peak_tflops()
     result = {
         "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
         "dtype": str(dtype).replace("torch.", ""),
         "layers": shape.layers,
-        "params_b": shape.params(shape.layers) / 1e9,
-        "seq": shape.seq,
+        "params_b": shape.total_params() / 1e9,
+        "seq": seq,
         "gamma_step_ms": 1e3 * g,
         "base_step_ms": 1e3 * b,
         "gamma_overhead_ratio": g / b,
         "tokens_per_s": tokens_per_s,
-        "mfu": (flops_per_token(shape, shape.layers) * tokens_per_s / (peak * 1e12)) if peak else float("nan"),
+        "mfu": (flops_per_token(shape, seq) * tokens_per_s / (peak * 1e12)) if peak else float("nan"),
         "sync_free_checked": cuda,
     }
     parallel_state.destroy_model_parallel()
