@@ -24,10 +24,6 @@ _applied: set[str] = set()
 _lock = threading.Lock()
 
 
-def cpu_patches_applied() -> bool:
-    return "megatron" in _applied
-
-
 def _is_cuda_device(device: Any) -> bool:
     if isinstance(device, torch.device):
         return device.type == "cuda"
