@@ -133,34 +133,6 @@ def _cpu_rng_tracker_patches() -> None:
     torch.cuda.manual_seed_all = lambda seed: None
 
 
-def adapt_megatron_checkpoint_writer() -> bool:
-    """Let megatron-core 0.11's async checkpoint writer call torch >= 2.6's ``_write_item``.
-
-    Not a CPU patch but a version adapter (our pinned stack pairs megatron-core 0.11 with torch
-    2.13): megatron calls the private ``_write_item(stream, data, write_item, storage_key)``;
-    newer torch added ``transforms`` first and ``serialization_format`` last. Gated on the
-    signature, so it is a no-op where the two agree (e.g. inside a matching NGC container).
-    Returns whether the adapter was installed.
-    """
-    import inspect
-
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
-    from torch.distributed.checkpoint import filesystem as tfs
-
-    params = list(inspect.signature(tfs._write_item).parameters)
-    if params[0] != "transforms" or getattr(filesystem_async._write_item, "_gammapo_adapter", False):
-        return False
-
-    def write_item(stream: Any, data: Any, write_item: Any, storage_key: str) -> Any:
-        return tfs._write_item(
-            tfs._StorageWriterTransforms(), stream, data, write_item, storage_key, tfs.SerializationFormat.TORCH_SAVE
-        )
-
-    write_item._gammapo_adapter = True  # type: ignore[attr-defined]
-    filesystem_async._write_item = write_item
-    return True
-
-
 def apply_cpu_patches() -> None:
     """Make megatron-core run on CPU with gloo. Call once per process, before building models.
 
@@ -182,7 +154,6 @@ def apply_cpu_patches() -> None:
         torch.cuda.stream = lambda stream: contextlib.nullcontext()
         _enter_mode()
         _cpu_rng_tracker_patches()
-        adapt_megatron_checkpoint_writer()
         _applied.add("megatron")
 
 

@@ -10,7 +10,8 @@ log-probs, DP averaging, reward logging); this class only
   reference forward pass, no CPU weight swap, no host copy of the weights;
 * adds the γ / margin metrics to what the trainer logs (one broadcast per step);
 * optionally dumps per-pair margins / γ / losses every K steps (:mod:`nemo_gammapo.aligner.dumps`);
-* saves and restores the margin queue with the checkpoint.
+* saves and restores the margin queue with the checkpoint;
+* masks the padded vocabulary out of the logits (:func:`mask_padded_vocabulary`).
 """
 
 from __future__ import annotations
@@ -32,11 +33,45 @@ from nemo_gammapo.distributed.gamma_loss import METRIC_NAMES, GammaPOLoss, reduc
 CHECKPOINT_KEY = "nemo_gammapo"
 
 
+def mask_padded_vocabulary(model: torch.nn.Module, vocab_size: int) -> int:
+    """Give the padding rows of the vocabulary no probability; returns the hooks installed.
+
+    Megatron pads the vocabulary to a multiple of ``make_vocab_size_divisible_by × TP``, so its size
+    changes with the tensor-parallel size, and padding rows are not tokens: left in, their logits
+    join the softmax and every log-prob depends on the TP layout (and on whatever the padding rows
+    hold — zeros after resharding, random values after random init). Masking them makes log-probs
+    those of the real ``vocab_size`` tokens at any layout, as in the unpadded (e.g. Hugging Face)
+    model; the masked logits get zero gradient. Hooks the output layer of the last pipeline
+    stage (logits ``[S, B, V_padded / TP]``, vocab-parallel).
+    """
+    from megatron.core.tensor_parallel import ColumnParallelLinear
+
+    hooks = 0
+    for name, module in model.named_modules():
+        if name.split(".")[-1] != "output_layer" or not isinstance(module, ColumnParallelLinear):
+            continue
+        local = module.output_size_per_partition
+        first = parallel_state.get_tensor_model_parallel_rank() * local
+        if first + local <= vocab_size:
+            continue  # this rank holds no padding
+
+        def hook(mod: torch.nn.Module, args: Any, output: Any, first: int = first, local: int = local) -> Any:
+            logits, bias = output
+            padding = torch.arange(first, first + local, device=logits.device) >= vocab_size
+            return logits.masked_fill(padding, torch.finfo(logits.dtype).min), bias
+
+        module.register_forward_hook(hook)
+        hooks += 1
+    return hooks
+
+
 class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
     """A NeMo-Aligner DPO model whose loss is chosen from the nemo_gammapo registry."""
 
     def __init__(self, cfg: DictConfig, trainer: Trainer) -> None:
         super().__init__(cfg, trainer=trainer)
+        for chunk in self.model if isinstance(self.model, list) else [self.model]:
+            mask_padded_vocabulary(chunk, self.tokenizer.vocab_size)
         self.gamma_po: GammaPOLoss | None = None
         if self.preference_loss not in ALIGNER_NATIVE_LOSSES:
             loss_cfg, gamma_cfg = loss_configs(cfg.dpo)

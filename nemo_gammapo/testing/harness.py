@@ -56,7 +56,10 @@ def _entry(
         )
         from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
+        from nemo_gammapo.version_adapters import apply_version_adapters
+
         maybe_apply_cpu_patches()
+        apply_version_adapters()
         if init_process_group:
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             if backend == "nccl":
