@@ -110,7 +110,6 @@ def validate_data_files(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> TrainResult:
     """Run γ-PO training as configured; see ``conf/gpt_gammapo.yaml`` for every key."""
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
-
     from nemo_gammapo.version_adapters import apply_version_adapters
 
     maybe_apply_cpu_patches(nemo=True)

@@ -55,7 +55,6 @@ def _entry(
             LOCAL_WORLD_SIZE=str(world_size),
         )
         from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
-
         from nemo_gammapo.version_adapters import apply_version_adapters
 
         maybe_apply_cpu_patches()
