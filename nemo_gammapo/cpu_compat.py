@@ -133,6 +133,45 @@ def _cpu_rng_tracker_patches() -> None:
     torch.cuda.manual_seed_all = lambda seed: None
 
 
+class SequenceParallelTorchNorm:
+    """megatron-core's torch-norm fallback (no apex, no Transformer Engine), with sequence parallel.
+
+    Upstream's ``WrappedTorchNorm`` refuses ``sequence_parallel``; the fused norms it stands in for
+    only need to mark their parameters ``sequence_parallel`` so that their gradients — computed on
+    a sequence shard per TP rank — are all-reduced over the TP group (NeMo does that for every
+    parameter so marked). A ``torch.nn.LayerNorm`` / ``RMSNorm`` does the same maths.
+    """
+
+    def __new__(
+        cls,
+        config: Any,
+        hidden_size: int,
+        eps: float = 1e-5,
+        persist_layer_norm: bool = False,
+        zero_centered_gamma: bool = False,
+        normalization: str = "LayerNorm",
+    ) -> torch.nn.Module:
+        if config.layernorm_zero_centered_gamma or config.memory_efficient_layer_norm:
+            raise ValueError("zero-centred / memory-efficient layer norms need apex or Transformer Engine")
+        norms = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}
+        if config.normalization not in norms:
+            raise ValueError(f"normalization must be one of {sorted(norms)} (got {config.normalization!r})")
+        norm = norms[config.normalization](normalized_shape=hidden_size, eps=eps)
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def _torch_norm_patches() -> None:
+    from megatron.core.models.gpt import gpt_layer_specs
+    from megatron.core.transformer import transformer_block
+
+    if getattr(gpt_layer_specs, "HAVE_APEX", False) or getattr(transformer_block, "HAVE_TE", False):
+        return  # the fused norms are in use
+    gpt_layer_specs.LNImpl = SequenceParallelTorchNorm
+    transformer_block.LayerNormImpl = SequenceParallelTorchNorm
+
+
 def apply_cpu_patches() -> None:
     """Make megatron-core run on CPU with gloo. Call once per process, before building models.
 
@@ -154,6 +193,7 @@ def apply_cpu_patches() -> None:
         torch.cuda.stream = lambda stream: contextlib.nullcontext()
         _enter_mode()
         _cpu_rng_tracker_patches()
+        _torch_norm_patches()
         _applied.add("megatron")
 
 
@@ -189,16 +229,22 @@ def clip_grad_norm_model_parallel(
 ) -> torch.Tensor:
     """Plain-torch gradient clipping with the model-parallel norm (what NeMo's apex version does).
 
-    Tensor-parallel duplicates (replicated params) count once; the squared norm is summed over
+    Tensor-parallel duplicates (replicated params) and pipeline-shared copies (tied embeddings)
+    count once; the squared norm is summed over
     the model-parallel group, so every TP/PP rank clips with the same global norm.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
+    from megatron.core.transformer.module import param_is_not_shared
 
     if norm_type != 2:
         raise NotImplementedError("only the L2 norm is supported on CPU")
     params = [p for p in ([parameters] if isinstance(parameters, torch.Tensor) else parameters) if p.grad is not None]
-    counted = [p.grad.float() for p in params if param_is_not_tensor_parallel_duplicate(p)]
+    # A parameter held by two pipeline stages (the tied embedding / output weight at PP > 1) has
+    # the same gradient on both after the embedding all-reduce: count the first stage's copy only.
+    counted = [
+        p.grad.float() for p in params if param_is_not_tensor_parallel_duplicate(p) and param_is_not_shared(p)
+    ]
     total = torch.stack([g.pow(2).sum() for g in counted]).sum() if counted else torch.zeros(())
     if torch.distributed.is_initialized() and parallel_state.model_parallel_is_initialized():
         torch.distributed.all_reduce(total, group=parallel_state.get_model_parallel_group())
@@ -207,6 +253,28 @@ def clip_grad_norm_model_parallel(
     for p in params:
         p.grad.mul_(coeff)
     return total_norm
+
+
+def broadcast_2d_tensor(
+    tensor: torch.Tensor | None, src: int, group: Any, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """NeMo-Aligner's ``broadcast_2d_tensor`` contract (shape, then data, from global rank ``src``) on CPU.
+
+    Aligner's version builds its shape message with the CUDA-only ``torch.cuda.FloatTensor``; it moves
+    the reference log-probs from the last pipeline stage to the others at PP > 1.
+    """
+    if torch.distributed.get_rank() == src:
+        if tensor is None or tensor.ndim != 2:
+            raise ValueError(f"broadcast_2d_tensor: expected a 2-D tensor on the source rank, got {tensor!r:.80}")
+        tensor = tensor.to(dtype).contiguous()
+        shape = torch.tensor(tensor.shape, dtype=torch.int64)
+        torch.distributed.broadcast(shape, src, group)
+    else:
+        shape = torch.empty(2, dtype=torch.int64)
+        torch.distributed.broadcast(shape, src, group)
+        tensor = torch.empty(*shape.tolist(), dtype=dtype)
+    torch.distributed.broadcast(tensor, src, group)
+    return tensor
 
 
 _STEP_KEY = "nemo_gammapo_param_steps"
@@ -318,6 +386,12 @@ def _nemo_apex_stand_ins() -> None:
     from nemo_aligner.utils import train_utils
 
     train_utils.clip_grad_norm_fp32 = clip_grad_norm_model_parallel
+    # The reference log-probs travel from the last pipeline stage with a CUDA-only broadcast.
+    from nemo_aligner.models.nlp.gpt import megatron_gpt_dpo_model
+    from nemo_aligner.utils import distributed as aligner_distributed
+
+    aligner_distributed.broadcast_2d_tensor = broadcast_2d_tensor
+    megatron_gpt_dpo_model.broadcast_2d_tensor = broadcast_2d_tensor
     _scalar_optimizer_step_patches(nlp_overrides)
     # Apex-only helpers imported by NeMo's megatron utils.
     if not hasattr(megatron_utils, "listify_model"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,48 +70,122 @@ def gather_worker(rank: int, world_size: int) -> dict[str, Any]:
     return {"margins": all_m, "valid": all_v, "mine": local_slice(all_m, dist.group.WORLD, n, pad_to=3)}
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent
 
 
-def aligner_train_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> dict[str, Any]:
-    """One NeMo-Aligner γ-PO training run of the tiny CPU preset (PyTorch Lightning makes the group).
+_CALLS: dict[str, int] = {}
 
-    Records every call into the reference-policy machinery so tests can assert it never ran.
-    """
-    import os
 
-    os.chdir(REPO)
-    from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
-
-    maybe_apply_cpu_patches(nemo=True)
-    from hydra import compose, initialize_config_dir
+def _count_reference_calls() -> dict[str, int]:
+    """Count every call into the reference-policy machinery (installed once per process)."""
+    if _CALLS:
+        return _CALLS
+    import nemo_aligner.utils.utils as aligner_utils
     from nemo_aligner.models.nlp.gpt.megatron_gpt_dpo_model import MegatronGPTDPOModel
-
-    from nemo_gammapo.aligner import train as train_module
-
-    calls = {"get_ref_policy_logprobs": 0, "get_logprob_batch": 0, "retrieve_model_state_dict_in_cpu": 0}
 
     def counted(owner: Any, name: str) -> None:
         original = getattr(owner, name)
+        _CALLS[name] = 0
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            calls[name] += 1
+            _CALLS[name] += 1
             return original(*args, **kwargs)
 
         setattr(owner, name, wrapper)
 
     counted(MegatronGPTDPOModel, "get_ref_policy_logprobs")  # the parent's: reference forward + swap
     counted(MegatronGPTDPOModel, "get_logprob_batch")
-    import nemo_aligner.utils.utils as aligner_utils
-
     counted(aligner_utils, "retrieve_model_state_dict_in_cpu")
+    return _CALLS
+
+
+def aligner_train_worker(
+    rank: int,
+    world_size: int,
+    run_dir: str,
+    overrides: list[str],
+    config_name: str = "tiny_cpu",
+    restore_from_run: str | None = None,
+) -> dict[str, Any]:
+    """One NeMo-Aligner γ-PO training run of a tiny CPU preset (PyTorch Lightning makes the group).
+
+    ``restore_from_run``: start from the ``.nemo`` an earlier run wrote into its ``checkpoints/``.
+    Records every call into the reference-policy machinery so tests can assert it never ran.
+    """
+    import os
+
+    if restore_from_run is not None:
+        nemo = next((Path(restore_from_run) / "checkpoints").glob("*.nemo"))
+        overrides = [f"pretrained_checkpoint.restore_from_path={nemo}", *overrides]
+
+    os.chdir(REPO)
+    from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
+
+    maybe_apply_cpu_patches(nemo=True)
+    from hydra import compose, initialize_config_dir
+
+    from nemo_gammapo.aligner import train as train_module
+
+    calls = _count_reference_calls()
+    for name in calls:
+        calls[name] = 0
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose("tiny_cpu", overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
+        cfg = compose(config_name, overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
     result = train_module.train(cfg)
     return {
         "history": result.history,
-        "calls": calls,
+        "calls": dict(calls),
         "reference_free": result.reference_free,
         "holds_reference_weights": result.holds_reference_weights,
         "gamma_state": result.gamma_state,
     }
+
+
+def aligner_killed_worker(rank: int, world_size: int, run: dict[str, Any], kill_after_steps: int) -> None:
+    """A training run whose processes all die (``os._exit(137)``, as under ``kill -9``) right after
+    training step ``kill_after_steps``: no checkpoint, no clean-up, nothing flushed after it."""
+    import os
+
+    from nemo_gammapo.aligner.train import RunLimit
+
+    upstream = RunLimit.is_finished
+
+    def is_finished(self: RunLimit) -> bool:
+        finished = upstream(self)
+        if self.steps >= kill_after_steps:
+            os._exit(137)
+        return finished
+
+    RunLimit.is_finished = is_finished
+    aligner_train_worker(rank, world_size, **run)
+
+
+def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Several training runs, one after another, in the same processes (imports paid once).
+
+    Each entry of ``runs`` holds the keyword arguments of :func:`aligner_train_worker`. Between
+    runs everything a fresh process would not have is torn down — the model-parallel state, the
+    micro-batch calculator and the process group (NeMo sets up the model-parallel groups while
+    restoring a ``.nemo`` only when no process group exists; PP > 1 needs them then) — and the
+    ranks agree on a new rendezvous port.
+    """
+    import os
+    import time
+
+    from megatron.core import parallel_state
+    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
+
+    from nemo_gammapo.testing.harness import free_port
+
+    results = []
+    for run in runs:
+        start = time.monotonic()
+        results.append({**aligner_train_worker(rank, world_size, **run), "wall_s": time.monotonic() - start})
+        port = [free_port() if rank == 0 else None]
+        dist.broadcast_object_list(port, src=0)
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        destroy_num_microbatches_calculator()  # runs may differ in batch sizes
+        dist.destroy_process_group()
+        os.environ["MASTER_PORT"] = str(port[0])
+    return results

@@ -89,6 +89,8 @@ def test_paper_presets(name: str) -> None:
             "model.virtual_pipeline_model_parallel_size",
         ),
         ("trainer.dpo.stop_after_steps=0", "trainer.dpo.stop_after_steps"),
+        ("model.data.data_impl=packed_jsonl", "model.data.data_impl"),  # refused at any layout
+        ("model.data.shuffle=false trainer.dpo.max_epochs=2", "model.data.shuffle"),
     ],
 )
 def test_invalid_values_name_the_key(override: str, key: str) -> None:

@@ -65,6 +65,31 @@ def mask_padded_vocabulary(model: torch.nn.Module, vocab_size: int) -> int:
     return hooks
 
 
+def reference_placeholder(batch: dict[str, torch.Tensor], context_parallel_size: int) -> torch.Tensor:
+    """Zeros shaped like the reference log-probs NeMo-Aligner would compute for ``batch``, for free.
+
+    Unpacked batches: ``[2B, S / CP]`` (chosen rows, then rejected; this context-parallel rank's
+    share of the sequence, as the parent's log-prob pass returns it). Packed: ``[N, S]``.
+    """
+    if "input_ids" in batch:
+        return torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+    rows, seq = batch["chosen"].shape
+    return torch.zeros(2 * rows, seq // context_parallel_size, dtype=torch.float32)
+
+
+def writes_pair_dumps() -> bool:
+    """One rank per data-parallel slice writes γ dumps: the TP- and CP-rank-0 one of the last stage.
+
+    Margins are complete and identical on every TP and CP rank of the last stage (the sequence
+    sums are reduced over both groups), so any other writer would write the same file again.
+    """
+    return (
+        parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+        and parallel_state.get_tensor_model_parallel_rank() == 0
+        and parallel_state.get_context_parallel_rank() == 0
+    )
+
+
 class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
     """A NeMo-Aligner DPO model whose loss is chosen from the nemo_gammapo registry."""
 
@@ -120,7 +145,7 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         self.gamma_po.pair_log = [] if dump else None
         loss_mean, metrics = super().get_loss_and_metrics(batch, forward_only)
         metrics.update(self._step_metrics())
-        if dump and self.gamma_po.pair_log and parallel_state.get_tensor_model_parallel_rank() == 0:
+        if dump and self.gamma_po.pair_log and writes_pair_dumps():
             self._dumper.write(self.train_steps, self.gamma_po.pair_log, parallel_state.get_data_parallel_rank())
         self.gamma_po.pair_log = None
         if not forward_only:
@@ -147,9 +172,7 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         """
         if not self.reference_free:
             return super().get_ref_policy_logprobs(batch)
-        tokens = batch["input_ids"] if "input_ids" in batch else batch["chosen"]
-        rows = tokens.shape[0] if "input_ids" in batch else 2 * tokens.shape[0]
-        return torch.zeros(rows, tokens.shape[1], dtype=torch.float32)
+        return reference_placeholder(batch, parallel_state.get_context_parallel_world_size())
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

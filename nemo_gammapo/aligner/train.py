@@ -30,7 +30,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per logged step
     reference_free: bool = False
     holds_reference_weights: bool = False
-    gamma_state: dict[str, Any] | None = None  # the final margin-queue state on this rank
+    gamma_state: dict[str, Any] | None = None  # the final margin-queue state (the last pipeline stage's)
 
 
 class MetricsHistory:
@@ -67,6 +67,9 @@ class RunLimit:
         return over_budget or self.timer.is_finished()
 
 
+DATA_IMPLS = ("jsonl", "json")  # preference-pair files NeMo-Aligner reads one pair per line
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Fail at start-up, naming the key, on values the run cannot honour."""
     if cfg.model.dpo.get("preference_loss") not in ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq"):
@@ -76,9 +79,14 @@ def validate_config(cfg: DictConfig) -> None:
             "model.virtual_pipeline_model_parallel_size must be null or 1: NeMo-Aligner's DPO loop runs one model "
             "chunk per pipeline stage"
         )
-    if cfg.model.pipeline_model_parallel_size > 1 and cfg.model.data.get("data_impl") == "packed_jsonl":
+    if cfg.model.data.data_impl not in DATA_IMPLS:
+        # packed_jsonl would pass NeMo-Aligner's dataset builder but our collate and DP margin gather
+        # are for unpacked pairs; packed sequences need Transformer Engine (a GPU container) anyway.
+        raise ConfigError(f"model.data.data_impl must be one of {list(DATA_IMPLS)} (got {cfg.model.data.data_impl!r})")
+    if not cfg.model.data.shuffle and cfg.trainer.dpo.max_epochs != 1:
         raise ConfigError(
-            "model.data.data_impl=packed_jsonl is not supported with model.pipeline_model_parallel_size > 1"
+            f"model.data.shuffle=false needs trainer.dpo.max_epochs=1 (got {cfg.trainer.dpo.max_epochs}): "
+            "NeMo-Aligner repeats epochs only with its random sampler"
         )
     stop = cfg.trainer.dpo.get("stop_after_steps")
     if stop is not None and (not isinstance(stop, int) or stop < 1):
@@ -94,8 +102,6 @@ def validate_data_files(cfg: DictConfig) -> None:
     from nemo_gammapo.data.validate import DataValidationError
 
     data = cfg.model.data
-    if data.get("data_impl", "jsonl") not in ("jsonl", "json"):
-        return
     byte_level = (cfg.model.get("tokenizer") or {}).get("library") == "byte-level"
     try:
         validate_training_data(
@@ -140,6 +146,7 @@ def train(cfg: DictConfig) -> TrainResult:
     )
 
     from nemo_gammapo.aligner.model import MegatronGPTGammaPOModel
+    from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 
     restore_path = cfg.pretrained_checkpoint.get("restore_from_path")
     if restore_path:
@@ -175,7 +182,16 @@ def train(cfg: DictConfig) -> TrainResult:
         seed=cfg.model.seed,
         tokenizer=model.tokenizer,
     )
-    train_dl = build_dataloader(cfg, train_ds, consumed_samples, mbs, gbs, collate_fn=identity_collate, load_gbs=True)
+    train_dl = build_dataloader(
+        cfg,
+        train_ds,
+        consumed_samples,
+        mbs,
+        gbs,
+        collate_fn=identity_collate,
+        load_gbs=True,
+        use_random_sampler=data.shuffle,
+    )
     val_dl = build_dataloader(
         cfg, val_ds, 0, mbs, gbs, collate_fn=identity_collate, load_gbs=True, use_random_sampler=False
     )
@@ -220,5 +236,5 @@ def train(cfg: DictConfig) -> TrainResult:
         history=history.records,
         reference_free=model.reference_free,
         holds_reference_weights=model.ref_policy_state_dict is not None,
-        gamma_state=model.gamma_po.state_dict() if model.gamma_po is not None else None,
+        gamma_state=broadcast_from_last_stage(model.gamma_po.state_dict()) if model.gamma_po is not None else None,
     )

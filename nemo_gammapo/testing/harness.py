@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -106,7 +107,7 @@ def run_on_ranks(
     """
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="gammapo-ranks-") as out_dir:
-        port = _free_port()
+        port = free_port()
         procs = [
             ctx.Process(
                 target=_entry,
