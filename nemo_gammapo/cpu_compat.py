@@ -242,11 +242,14 @@ def clip_grad_norm_model_parallel(
     params = [p for p in ([parameters] if isinstance(parameters, torch.Tensor) else parameters) if p.grad is not None]
     # A parameter held by two pipeline stages (the tied embedding / output weight at PP > 1) has
     # the same gradient on both after the embedding all-reduce: count the first stage's copy only.
+    model_parallel = torch.distributed.is_initialized() and parallel_state.model_parallel_is_initialized()
     counted = [
-        p.grad.float() for p in params if param_is_not_tensor_parallel_duplicate(p) and param_is_not_shared(p)
+        p.grad.float()
+        for p in params
+        if param_is_not_shared(p) and (not model_parallel or param_is_not_tensor_parallel_duplicate(p))
     ]
     total = torch.stack([g.pow(2).sum() for g in counted]).sum() if counted else torch.zeros(())
-    if torch.distributed.is_initialized() and parallel_state.model_parallel_is_initialized():
+    if model_parallel:
         torch.distributed.all_reduce(total, group=parallel_state.get_model_parallel_group())
     total_norm = total.sqrt()
     coeff = (max_norm / (total_norm + 1e-6)).clamp(max=1.0)
@@ -277,7 +280,7 @@ def broadcast_2d_tensor(
     return tensor
 
 
-_STEP_KEY = "nemo_gammapo_param_steps"
+_STEP_KEY = "nemo_gammapo_adam_step"
 
 
 def _scalar_optimizer_step_patches(nlp_overrides: Any) -> None:
@@ -285,9 +288,11 @@ def _scalar_optimizer_step_patches(nlp_overrides: Any) -> None:
 
     On GPU NeMo uses apex / megatron distributed optimizers; on CPU we use torch ``adamw``,
     whose per-parameter ``step`` is a 0-dim tensor that megatron's sharding of optimizer state
-    (which expects parameter-shaped state) rejects. We move the steps into the (non-sharded)
-    param-group entries on save and put them back on load, so resumed runs continue with the
-    same Adam bias correction, bit-exactly.
+    (which expects parameter-shaped state) rejects. Every parameter is stepped together, so the
+    steps are one number: it goes into each (non-sharded) param-group entry on save and back onto
+    every parameter on load, so resumed runs continue with the same Adam bias correction,
+    bit-exactly. One number, not one per parameter, because the param groups are written by global
+    rank 0 only and hold a different number of parameters on each pipeline stage.
     """
     from lightning.pytorch.strategies import Strategy
 
@@ -296,15 +301,17 @@ def _scalar_optimizer_step_patches(nlp_overrides: Any) -> None:
     def to_sharding_state(optim_state_dict: dict, id_to_sharded_param_map: dict, exclude_keys: tuple = ()) -> None:
         # optimizer.state_dict() shares the per-parameter dicts with the live optimizer: copy.
         optim_state_dict["state"] = {pid: dict(st) for pid, st in optim_state_dict["state"].items()}
-        steps = {
-            pid: st.pop("step")
-            for pid, st in optim_state_dict["state"].items()
+        steps = [
+            st.pop("step")
+            for st in optim_state_dict["state"].values()
             if isinstance(st.get("step"), torch.Tensor) and st["step"].dim() == 0
-        }
-        group_steps = [[steps.get(pid) for pid in g["params"]] for g in optim_state_dict["param_groups"]]
+        ]
+        if any(not torch.equal(step, steps[0]) for step in steps):
+            seen = sorted({step.item() for step in steps})
+            raise RuntimeError(f"Adam steps differ between parameters ({seen}); cannot save them as one number")
         upstream_to_sharding(optim_state_dict, id_to_sharded_param_map, exclude_keys)
-        for group, values in zip(optim_state_dict["param_groups"], group_steps, strict=True):
-            group[_STEP_KEY] = values
+        for group in optim_state_dict["param_groups"]:
+            group[_STEP_KEY] = steps[0].clone() if steps else None
 
     nlp_overrides.optim_state_to_sharding_state = to_sharding_state
     upstream_load = Strategy.load_optimizer_state_dict
@@ -312,11 +319,11 @@ def _scalar_optimizer_step_patches(nlp_overrides: Any) -> None:
     def load_optimizer_state_dict(self: Any, checkpoint: dict) -> None:
         for opt_state in checkpoint.get("optimizer_states", []):
             for group in opt_state.get("param_groups", []):
-                values = group.pop(_STEP_KEY, None)
-                if values is None:
+                step = group.pop(_STEP_KEY, None)
+                if step is None:
                     continue
-                for pid, step in zip(group["params"], values, strict=True):
-                    if step is not None and pid in opt_state["state"]:
+                for pid in group["params"]:
+                    if pid in opt_state["state"]:
                         opt_state["state"][pid]["step"] = step.clone()
         upstream_load(self, checkpoint)
 

@@ -1,7 +1,21 @@
-"""Shared pytest setup: markers and thread limits for the 2-core CI machine."""
+"""Shared pytest setup: markers, thread limits for the 2-core CI machine, the shared DP2 runs."""
+
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from dist_workers import aligner_runs_worker
+
+from nemo_gammapo.testing.harness import run_on_ranks
+
+ALIGNER_STEPS = 40
+ALIGNER_LOSSES = {
+    "gamma_simpo": [],
+    "simpo": [],
+    "gamma_dpo": ["model.dpo.ref_policy_kl_penalty=0.5", "model.dpo.gamma_beta_ratio=2.0"],
+    "dpo": ["model.dpo.ref_policy_kl_penalty=0.5"],
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -15,3 +29,69 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def _run(root: Path, name: str, overrides: list[str], **kwargs: Any) -> dict[str, Any]:
+    return {"run_dir": str(root / name), "overrides": overrides, **kwargs}
+
+
+RESUME = ["trainer.dpo.max_steps=16", "trainer.dpo.val_check_interval=8", "trainer.dpo.save_interval=8"]
+NEMO_RESTORE = ["model.dpo.preference_loss=simpo", "trainer.dpo.max_steps=1", "trainer.dpo.val_check_interval=1"]
+
+
+@pytest.fixture(scope="session")
+def aligner_runs(tmp_path_factory) -> dict[str, Any]:
+    """The 2-process (DP2) tiny-GPT runs of test_aligner_training and test_viz_plots, one after
+    another in one pair of processes (imports paid once)."""
+    root = tmp_path_factory.mktemp("aligner")
+    plan = [
+        *[
+            _run(
+                root,
+                loss,
+                [
+                    f"model.dpo.preference_loss={loss}",
+                    f"trainer.dpo.max_steps={ALIGNER_STEPS}",
+                    "trainer.dpo.val_check_interval=20",
+                    f"trainer.dpo.save_interval={ALIGNER_STEPS}",
+                    *ALIGNER_LOSSES[loss],
+                ],
+            )
+            for loss in ALIGNER_LOSSES
+        ],
+        # 16 steps uninterrupted; 8 steps then stop (checkpoint); the same command again resumes.
+        _run(root, "full", RESUME),
+        _run(root, "resumed", [*RESUME, "trainer.dpo.stop_after_steps=8"]),
+        _run(root, "resumed", RESUME),
+        # A .nemo written at the end of one run, restored by the next with learning rate 0.
+        _run(
+            root,
+            "nemo_a",
+            [
+                "model.dpo.preference_loss=simpo",
+                "trainer.dpo.max_steps=4",
+                "trainer.dpo.val_check_interval=4",
+                "exp_manager.checkpoint_callback_params.save_nemo_on_train_end=true",
+            ],
+        ),
+        _run(
+            root,
+            "nemo_b",
+            [*NEMO_RESTORE, "model.optim.lr=0.0", "model.optim.sched.min_lr=0.0"],
+            restore_from_run=str(root / "nemo_a"),
+        ),
+        # γ-SimPO with per-pair dumps every 4 steps, for the plots.
+        _run(
+            root,
+            "plots",
+            [
+                "trainer.dpo.max_steps=16",
+                "trainer.dpo.val_check_interval=8",
+                "trainer.dpo.save_interval=96",
+                "model.dpo.gamma_dump.every=4",
+            ],
+        ),
+    ]
+    per_rank = run_on_ranks(aligner_runs_worker, 2, 1500, {"runs": plan}, init_process_group=False)
+    names = [*ALIGNER_LOSSES, "full", "stopped", "resumed", "nemo_a", "nemo_b", "plots"]
+    return {"root": root, **{name: list(ranks) for name, ranks in zip(names, zip(*per_rank, strict=True), strict=True)}}

@@ -189,3 +189,24 @@ def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) 
         dist.destroy_process_group()
         os.environ["MASTER_PORT"] = str(port[0])
     return results
+
+
+def checkpoint_tensors(run_dir: Path, step: int, scratch: Path) -> dict[str, Any]:
+    """Every tensor (weights and optimizer state) of a run's ``-last`` distributed checkpoint at ``step``."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    (last,) = (Path(run_dir) / "checkpoints").glob(f"*-step={step}-*-last")
+    out = Path(scratch) / f"{Path(run_dir).name}-step{step}.pt"
+    dcp_to_torch_save(last, out)
+    return {k: v for k, v in torch.load(out, weights_only=False).items() if isinstance(v, torch.Tensor)}
+
+
+def same_state(a: Any, b: Any) -> bool:
+    """Exact equality of nested state (dicts, lists, tensors, plain values), e.g. a margin queue."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(same_state, a, b))
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    return a == b

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,6 +52,8 @@ def resharding_worker(rank: int, world_size: int, root: str) -> dict[str, Any]:
     def state(data: torch.Tensor) -> dict[str, Any]:
         return {"emb": ShardedTensor.from_rank_offsets("emb", data, allow_shape_mismatch=True)}
 
+    for name in ("small", "large"):
+        Path(root, name).mkdir()
     dist_checkpointing.save(state(saved), f"{root}/small")
     grown = dist_checkpointing.load(state(torch.full((8, 2), 7.0)), f"{root}/small")["emb"]
     dist_checkpointing.save(state(grown), f"{root}/large")

@@ -12,43 +12,15 @@ from typing import Any
 
 import pytest
 import torch
-from dist_workers import aligner_train_worker
-
-from nemo_gammapo.testing.harness import run_on_ranks
+from conftest import ALIGNER_LOSSES as LOSSES
+from conftest import ALIGNER_STEPS as STEPS
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-STEPS = 40
-LOSSES = {
-    "gamma_simpo": [],
-    "simpo": [],
-    "gamma_dpo": ["model.dpo.ref_policy_kl_penalty=0.5", "model.dpo.gamma_beta_ratio=2.0"],
-    "dpo": ["model.dpo.ref_policy_kl_penalty=0.5"],
-}
 
-
-def train_run(run_dir: Path, overrides: list[str], timeout_s: float = 420) -> list[dict[str, Any]]:
-    return run_on_ranks(
-        aligner_train_worker,
-        2,
-        timeout_s,
-        {"run_dir": str(run_dir), "overrides": overrides},
-        init_process_group=False,
-    )
-
-
-@pytest.fixture(scope="module", params=list(LOSSES))
-def trained(request, tmp_path_factory) -> tuple[str, Path, list[dict[str, Any]]]:
-    loss = request.param
-    run_dir = tmp_path_factory.mktemp(loss)
-    overrides = [
-        f"model.dpo.preference_loss={loss}",
-        f"trainer.dpo.max_steps={STEPS}",
-        "trainer.dpo.val_check_interval=20",
-        f"trainer.dpo.save_interval={STEPS}",
-        *LOSSES[loss],
-    ]
-    return loss, run_dir, train_run(run_dir, overrides)
+@pytest.fixture(params=list(LOSSES))
+def trained(request, aligner_runs) -> tuple[str, Path, list[dict[str, Any]]]:
+    return request.param, aligner_runs["root"] / request.param, aligner_runs[request.param]
 
 
 def train_losses(result: dict[str, Any]) -> list[float]:
@@ -97,18 +69,13 @@ def test_reference_policy_is_skipped_exactly_for_reference_free_losses(trained) 
             assert r["calls"]["retrieve_model_state_dict_in_cpu"] > STEPS
 
 
-def test_kill_and_resume_is_bit_exact(tmp_path) -> None:
-    """16 steps uninterrupted == 8 steps, stop (checkpoint), resume in fresh processes, 8 more."""
-    common = ["trainer.dpo.max_steps=16", "trainer.dpo.val_check_interval=8", "trainer.dpo.save_interval=8"]
-    full = train_run(tmp_path / "full", common)
-    train_run(tmp_path / "resumed", [*common, "trainer.dpo.stop_after_steps=8"])
-    resumed = train_run(tmp_path / "resumed", common)
-
-    full_losses = train_losses(full[0])
-    resumed_records = [r for r in resumed[0]["history"] if "train/loss" in r]
+def test_stop_and_resume_is_bit_exact(aligner_runs) -> None:
+    """16 steps uninterrupted == 8 steps, stop (checkpoint), the same command again for 8 more."""
+    full_losses = train_losses(aligner_runs["full"][0])
+    resumed_records = [r for r in aligner_runs["resumed"][0]["history"] if "train/loss" in r]
     assert [int(r["step"]) for r in resumed_records] == list(range(8, 16))  # it resumed at step 8
     assert [r["train/loss"] for r in resumed_records] == full_losses[8:]
-    for a, b in zip(full, resumed, strict=True):
+    for a, b in zip(aligner_runs["full"], aligner_runs["resumed"], strict=True):
         qa, qb = a["gamma_state"]["policy"]["queue"], b["gamma_state"]["policy"]["queue"]
         assert torch.equal(qa["margins"], qb["margins"]) and torch.equal(qa["valid"], qb["valid"])
         assert (qa["pointer"], qa["count"]) == (qb["pointer"], qb["count"])
@@ -136,30 +103,14 @@ def test_gamma_dumps_match_logged_metrics(trained) -> None:
         assert frame["loss"].mean() == pytest.approx(logged[step]["train/loss"], abs=1e-5)
 
 
-def test_restores_a_nemo_checkpoint(tmp_path) -> None:
+def test_restores_a_nemo_checkpoint(aligner_runs) -> None:
     """A .nemo written at the end of one run is restored by the entry point with the same weights.
 
     SimPO (no queue state) so that the validation loss depends on the weights alone; the second run
     uses learning rate 0, so its validation after one step sees exactly the restored weights.
     """
-    first = [
-        "model.dpo.preference_loss=simpo",
-        "trainer.dpo.max_steps=4",
-        "trainer.dpo.val_check_interval=4",
-        "exp_manager.checkpoint_callback_params.save_nemo_on_train_end=true",
-    ]
-    a = train_run(tmp_path / "a", first)
-    nemo_files = list((tmp_path / "a" / "checkpoints").glob("*.nemo"))
-    assert len(nemo_files) == 1
-    second = [
-        "model.dpo.preference_loss=simpo",
-        f"pretrained_checkpoint.restore_from_path={nemo_files[0]}",
-        "trainer.dpo.max_steps=1",
-        "trainer.dpo.val_check_interval=1",
-        "model.optim.lr=0.0",
-        "model.optim.sched.min_lr=0.0",
-    ]
-    b = train_run(tmp_path / "b", second)
+    a, b = aligner_runs["nemo_a"], aligner_runs["nemo_b"]
+    assert len(list((aligner_runs["root"] / "nemo_a" / "checkpoints").glob("*.nemo"))) == 1
     val_a = [r["val/loss"] for r in a[0]["history"] if "val/loss" in r][-1]
     val_b = [r["val/loss"] for r in b[0]["history"] if "val/loss" in r][-1]
     assert val_b == pytest.approx(val_a, abs=1e-6)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import torch
-from dist_workers import aligner_killed_worker, aligner_runs_worker
+from dist_workers import aligner_killed_worker, aligner_runs_worker, checkpoint_tensors, same_state
 
 from nemo_gammapo.testing.harness import run_on_ranks
 
@@ -46,6 +46,7 @@ ARCHS = {"gpt": "tiny_cpu", "llama": "tiny_llama_cpu"}
 COMMON = [
     f"trainer.dpo.max_steps={STEPS}",
     "trainer.dpo.val_check_interval=2",
+    "trainer.dpo.limit_val_batches=2",  # 2 validation batches of 8 pairs
     "model.dpo.gamma_dump.every=0",
 ]
 # Batching of the one-process reference each layout is compared with.
@@ -82,10 +83,16 @@ COMPARED = [
         "gamma_po/margin_std",
     )
 ]
-# A margin is a difference of two rewards, so its float error scales with the rewards, not with
-# itself (margins near 0 are differences of rewards near -30): margin statistics are compared to
-# 1e-5 of the step's largest |mean reward| instead of to 1e-5 of themselves.
-MARGIN_STATS = ("gamma_po/margin_mean", "gamma_po/margin_std")
+# Rewards and margins are differences (policy − reference log-probs; chosen − rejected reward), so
+# their float error scales with what they are differences of, not with themselves: a margin near 0
+# is a difference of rewards near -30. They are compared to 1e-5 relative or 1e-5 of the step's
+# largest |mean reward| (at least 1e-5 absolute), whichever is looser.
+DIFFERENCES = (
+    "rewards_chosen_mean",
+    "rewards_rejected_mean",
+    "gamma_po/margin_mean",
+    "gamma_po/margin_std",
+)
 
 
 def _seed_run(arch: str, root: Path) -> dict[str, Any]:
@@ -174,7 +181,7 @@ def _close(got: dict[tuple[int, str], float], expected: dict[tuple[int, str], fl
     step, metric = key
     split, name = metric.split("/", 1)
     abs_tol = 1e-7
-    if name in MARGIN_STATS:
+    if name in DIFFERENCES:
         scale = max(abs(expected[(step, f"{split}/rewards_{side}_mean")]) for side in ("chosen", "rejected"))
         abs_tol = 1e-5 * max(scale, 1.0)
     return math.isclose(got[key], expected[key], rel_tol=1e-5, abs_tol=abs_tol)
@@ -213,16 +220,6 @@ def test_layout_matches_one_process(product_runs: Runs, key: Key) -> None:
             )
 
 
-def _checkpoint_tensors(run_dir: Path, tmp_path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor (weights and optimizer state) of a run's final distributed checkpoint."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    (last,) = (run_dir / "checkpoints").glob(f"*-step={STEPS}-*-last")
-    out = tmp_path / f"{run_dir.name}.pt"
-    dcp_to_torch_save(last, out)
-    return {k: v for k, v in torch.load(out, weights_only=False).items() if isinstance(v, torch.Tensor)}
-
-
 def test_killed_tp2_pp2_run_reruns_to_the_uninterrupted_result(product_runs: Runs, tmp_path) -> None:
     """Kill every process of a TP2×PP2 γ-DPO run after step 3; re-running the same command resumes
     from the step-2 checkpoint and ends with the uninterrupted run's losses, queue and weights."""
@@ -231,10 +228,9 @@ def test_killed_tp2_pp2_run_reruns_to_the_uninterrupted_result(product_runs: Run
         resumed = [r for r in rerun["history"] if "train/loss" in r]
         assert [int(r["step"]) for r in resumed] == [2, 3]  # it lost step 3 and resumed at step 2
         assert [r["train/loss"] for r in resumed] == [r["train/loss"] for r in full["history"] if "train/loss" in r][2:]
-        qa, qb = full["gamma_state"]["policy"]["queue"], rerun["gamma_state"]["policy"]["queue"]
-        assert all(torch.equal(torch.as_tensor(qa[k]), torch.as_tensor(qb[k])) for k in qa)
-    full_ckpt = _checkpoint_tensors(product_runs.root / "gpt_gamma_dpo_tp2_pp2", tmp_path)
-    rerun_ckpt = _checkpoint_tensors(product_runs.root / "killed_and_rerun", tmp_path)
+        assert same_state(full["gamma_state"], rerun["gamma_state"])
+    full_ckpt = checkpoint_tensors(product_runs.root / "gpt_gamma_dpo_tp2_pp2", STEPS, tmp_path)
+    rerun_ckpt = checkpoint_tensors(product_runs.root / "killed_and_rerun", STEPS, tmp_path)
     assert full_ckpt.keys() == rerun_ckpt.keys()
     assert any(k.startswith("optimizer.") for k in full_ckpt) and any(k.startswith("model.") for k in full_ckpt)
     assert [k for k in full_ckpt if not torch.equal(full_ckpt[k], rerun_ckpt[k])] == []

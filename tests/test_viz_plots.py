@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dist_workers import aligner_train_worker
 
 from nemo_gammapo.aligner.dumps import read_dumps
-from nemo_gammapo.testing.harness import run_on_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -24,17 +22,9 @@ GAMMA0 = 1.0  # tiny_cpu: γ/β = 0.2, β = 5
 
 
 @pytest.fixture(scope="module")
-def plotted(tmp_path_factory) -> tuple[Path, Path]:
-    run_dir = tmp_path_factory.mktemp("plots_run")
-    overrides = [
-        "trainer.dpo.max_steps=16",
-        "trainer.dpo.val_check_interval=8",
-        "trainer.dpo.save_interval=96",
-        "model.dpo.gamma_dump.every=4",
-    ]
-    run_on_ranks(
-        aligner_train_worker, 2, 420, {"run_dir": str(run_dir), "overrides": overrides}, init_process_group=False
-    )
+def plotted(tmp_path_factory, aligner_runs) -> tuple[Path, Path]:
+    """The plots of a 16-step γ-SimPO DP2 run that dumped pairs every 4 steps (see conftest)."""
+    run_dir = aligner_runs["root"] / "plots"
     out = tmp_path_factory.mktemp("plots")
     proc = subprocess.run(
         [sys.executable, "-m", "nemo_gammapo.cli", "plots", str(run_dir), "--out", str(out)],
