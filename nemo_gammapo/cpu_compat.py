@@ -1,13 +1,14 @@
-"""CPU compatibility shims for megatron-core (and, later, NeMo / NeMo-Aligner) — CPU runs only.
+"""CPU compatibility shims for megatron-core, NeMo and NeMo-Aligner — CPU runs only.
 
 megatron-core hard-codes CUDA in places that have nothing to do with the maths: buffers are
 allocated on ``torch.cuda.current_device()``, the RNG tracker swaps CUDA generator states,
 pipeline p2p calls ``torch.cuda.synchronize()``. On a machine without CUDA (our CI, a laptop
 demo) these shims route each of those to the CPU so the *real* megatron-core code runs with gloo
-process groups. Each shim was found by running the code (see DESIGN §5).
+process groups. Each shim was found by running the code; each says what it replaces and why.
 
-Rules: this is the only module that patches third-party code; it refuses to do anything when
-CUDA is available (:func:`apply_cpu_patches` raises), and every patch is idempotent.
+Rules: this is the only module with CPU shims (mismatches between library *versions*, which
+apply on every device, are in :mod:`nemo_gammapo.version_adapters`); it refuses to do anything
+when CUDA is available (:func:`apply_cpu_patches` raises), and every patch is idempotent.
 """
 
 from __future__ import annotations
@@ -399,6 +400,12 @@ def _nemo_apex_stand_ins() -> None:
 
     aligner_distributed.broadcast_2d_tensor = broadcast_2d_tensor
     megatron_gpt_dpo_model.broadcast_2d_tensor = broadcast_2d_tensor
+    # DPOTrainer empties the CUDA caching allocator after every step, with a full gc.collect()
+    # first; there is no such allocator on CPU, and the collection costs ~0.4 s a step with NeMo
+    # loaded (Python's automatic collection still runs).
+    from nemo_aligner.algorithms import dpo
+
+    dpo.clear_memory = lambda: None
     _scalar_optimizer_step_patches(nlp_overrides)
     # Apex-only helpers imported by NeMo's megatron utils.
     if not hasattr(megatron_utils, "listify_model"):

@@ -6,7 +6,8 @@ name with the keys a user supplies, plus only what cannot exist on a CPU or in a
 * the model: a tiny Llama-shaped ``.nemo`` (``tiny_llama_cpu``) instead of the 7–70B checkpoint, so
   widths, layers, vocabulary and tokenizer come from it, as they come from the real checkpoint;
 * the data: the bundled parity task; global batch 4 and 3 steps (validation every step on one
-  batch, saves at the end) instead of 128 and an epoch;
+  batch, saves at the end) instead of 128 and an epoch; ranks > 0 wait 1 s instead of 5 s for
+  rank 0's log set-up (one machine);
 * the device: ``accelerator=cpu``, and the layout scaled to ≤ 4 processes keeping every parallel
   feature the preset switches on (table below).
 
@@ -72,6 +73,7 @@ ON_CPU = [
     "trainer.dpo.val_check_interval=1",
     f"trainer.dpo.save_interval={STEPS}",
     "trainer.dpo.limit_val_batches=1",
+    "exp_manager.seconds_to_sleep=1",  # one machine: ranks > 0 need not wait NeMo's 5 s for rank 0
 ]
 
 

@@ -13,12 +13,13 @@ What runs (each run is 4 steps, validation after steps 2 and 4), for the tiny GP
 | layout | processes | vs one process with | GPT losses | Llama losses |
 |---|---|---|---|---|
 | TP2, PP2, TP2+SP | 2 | micro-batch 2, global batch 8 | γ-SimPO, γ-DPO, DPO | TP2+SP: γ-SimPO, γ-DPO |
-| DP2 × micro-batch 1 | 2 | micro-batch 2, global batch 2, file order | γ-SimPO, γ-DPO, DPO | — |
+| DP2 × micro-batch 1 | 2 | micro-batch 2, global batch 2, file order | γ-SimPO, γ-DPO, DPO, β-DPO, KTO | — |
 | TP2×PP2 | 4 | micro-batch 2, global batch 8 | γ-SimPO, γ-DPO, DPO | γ-SimPO, γ-DPO |
 
 Left out to fit the CI budget: the Llama-shaped model at TP2, PP2 and DP2 (its TP and PP code
-paths are covered by TP2+SP and TP2×PP2), TP2×PP2×DP2 (8 processes), and every other registry
-loss (they share the loss path that γ-DPO / DPO exercise). Runs share processes (one pool per
+paths are covered by TP2+SP and TP2×PP2), TP2×PP2×DP2 (8 processes), and the other registry
+losses (IPO, CPO, ORPO, R-DPO, rDPO, SimPO, rSimPO, β-SimPO share the reward, gather and loss code
+that these runs exercise). Runs share processes (one pool per
 world size) because importing the stack costs ~20 s per process on the CI machine.
 """
 
@@ -41,7 +42,11 @@ LOSSES = {
     "gamma_simpo": [],
     "gamma_dpo": ["model.dpo.ref_policy_kl_penalty=0.5", "model.dpo.gamma_beta_ratio=2.0"],
     "dpo": ["model.dpo.ref_policy_kl_penalty=0.5"],
+    # Batch-relative losses: M0 / z_ref are running means over global micro-batches.
+    "beta_dpo": ["model.dpo.ref_policy_kl_penalty=0.5", "model.dpo.loss_params.beta_dpo_alpha=0.5"],
+    "kto_pair": ["model.dpo.ref_policy_kl_penalty=0.5"],
 }
+CORE_LOSSES = ("gamma_simpo", "gamma_dpo", "dpo")
 ARCHS = {"gpt": "tiny_cpu", "llama": "tiny_llama_cpu"}
 COMMON = [
     f"trainer.dpo.max_steps={STEPS}",
@@ -68,7 +73,8 @@ LAYOUTS: dict[str, tuple[int, str, list[str]]] = {  # name -> (processes, refere
     "tp2_pp2": (4, "accumulate", ["model.tensor_model_parallel_size=2", "model.pipeline_model_parallel_size=2"]),
 }
 GRID = [
-    *[("gpt", loss, layout) for layout in LAYOUTS for loss in LOSSES],
+    *[("gpt", loss, layout) for layout in LAYOUTS for loss in CORE_LOSSES],
+    *[("gpt", loss, "dp2_mb1") for loss in ("beta_dpo", "kto_pair")],
     *[("llama", loss, layout) for layout in ("tp2_sp", "tp2_pp2") for loss in ("gamma_simpo", "gamma_dpo")],
 ]
 COMPARED = [
@@ -204,6 +210,12 @@ def test_layout_matches_one_process(product_runs: Runs, key: Key) -> None:
         assert got.keys() == expected.keys(), f"rank {rank} logged different metrics"
         bad = {k: (got[k], expected[k]) for k in expected if not _close(got, expected, k)}
         assert not bad, f"rank {rank} differs from one process (step, metric): (layout, one process): {bad}"
+    reference = ref["gamma_state"]["reference"]
+    if reference is not None:  # β-DPO's M0 / KTO's z_ref after the last step
+        assert bool(reference["initialized"])
+        for rank, result in enumerate(ranks):
+            mine = result["gamma_state"]["reference"]
+            assert math.isclose(mine["value"].item(), reference["value"].item(), rel_tol=1e-5, abs_tol=1e-5), rank
     if loss.startswith("gamma_"):
         queue = ref["gamma_state"]["policy"]["queue"]
         assert int(queue["count"]) > 0

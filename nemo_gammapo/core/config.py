@@ -43,6 +43,9 @@ class PreferenceLossConfig:
         length_alpha: R-DPO's length penalty α (>= 0), in reward units per token.
         kto_lambda_chosen, kto_lambda_rejected: KTO's λ_w, λ_l (>= 0).
         beta_dpo_alpha: β-DPO's α (>= 0): ``β_i = β·(1 + α·(M_i − M0))``.
+        reference_momentum: momentum in [0, 1) of the moving average that gives β-DPO / β-SimPO
+            their M0 (mean margin) and KTO its z_ref (mean reward), over global micro-batches
+            (see :mod:`nemo_gammapo.core.baseline`); 0 uses each global micro-batch's own mean.
     """
 
     name: str = "gamma_simpo"
@@ -57,6 +60,7 @@ class PreferenceLossConfig:
     kto_lambda_chosen: float = 1.0
     kto_lambda_rejected: float = 1.0
     beta_dpo_alpha: float = 0.1
+    reference_momentum: float = 0.9
 
     def __post_init__(self) -> None:
         from nemo_gammapo.core.registry import LOSSES  # registry imports this module
@@ -90,6 +94,13 @@ class PreferenceLossConfig:
         ):
             value = getattr(self, name)
             _check(_finite(value) and value >= 0, c, name, "a finite number >= 0", value)
+        _check(
+            _finite(self.reference_momentum) and 0 <= self.reference_momentum < 1,
+            c,
+            "reference_momentum",
+            "in [0, 1)",
+            self.reference_momentum,
+        )
 
     @property
     def gamma0(self) -> float:

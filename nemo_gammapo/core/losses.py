@@ -39,12 +39,17 @@ def kto_pair_loss(
     )
 
 
-def kto_reference_point(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
-    """KTO's ``z_ref``: the batch mean of the DPO rewards of both responses, clamped at 0, detached.
+def kto_reference_point(
+    chosen_rewards: Tensor, rejected_rewards: Tensor, mean_reward: Tensor | float | None = None
+) -> Tensor:
+    """KTO's ``z_ref``: the mean DPO reward of both responses, clamped at 0, detached.
 
     The mean β-scaled log-ratio over policy samples estimates β·KL(πθ‖πref); KL is non-negative.
+    ``mean_reward`` replaces the batch's own mean (e.g. a running mean over global micro-batches).
     """
-    return torch.cat([chosen_rewards, rejected_rewards]).detach().mean().clamp_min(0.0)
+    if mean_reward is None:
+        mean_reward = torch.cat([chosen_rewards, rejected_rewards]).detach().mean()
+    return torch.as_tensor(mean_reward, device=chosen_rewards.device).detach().clamp_min(0.0)
 
 
 def sft_regularised_margin_loss(

@@ -167,6 +167,7 @@ def preference_loss(
     target_margin: Tensor | float | None = None,
     dpo_convention: str = "offset",
     reference_margin: Tensor | float | None = None,
+    reference_point: Tensor | float | None = None,
     rewards: tuple[Tensor, Tensor] | None = None,
 ) -> LossOutput:
     """Per-pair preference loss ``name`` on a batch of pairs.
@@ -181,6 +182,7 @@ def preference_loss(
         target_margin: overrides the target margin entirely (scalar or per-pair tensor).
         dpo_convention: ``"offset"`` or ``"margin"`` (see :class:`GammaConfig`).
         reference_margin: β-DPO's M0 (default: the mean margin of ``pairs``).
+        reference_point: KTO's mean reward before clamping at 0 (default: that of ``pairs``).
         rewards: ``(r_w, r_l)`` already computed with this loss's reward (skips recomputing them).
 
     Returns:
@@ -202,7 +204,7 @@ def preference_loss(
                 raise ValueError(f"loss {name!r} needs per-pair gamma (see GammaMarginPolicy)")
             target = dynamic_target(spec, target, gamma, cfg.gamma0, dpo_convention)
 
-    out = _apply_form(spec.form, margin, target, r_w, r_l, pairs, cfg, reference_margin)
+    out = _apply_form(spec.form, margin, target, r_w, r_l, pairs, cfg, reference_margin, reference_point)
     return LossOutput(out, margin, r_w, r_l, target)
 
 
@@ -221,6 +223,7 @@ def _apply_form(
     pairs: PairLogProbs,
     cfg: PreferenceLossConfig,
     reference_margin: Tensor | float | None,
+    reference_point: Tensor | float | None,
 ) -> Tensor:
     if form == "sigmoid":
         return losses.sigmoid_margin_loss(margin, target)
@@ -240,6 +243,6 @@ def _apply_form(
             margin, target, rewards.chosen_nll_per_token(pairs), sft_weight=1.0, pref_weight=cfg.orpo_lambda
         )
     if form == "kto_pair":
-        z_ref = losses.kto_reference_point(r_w, r_l)
+        z_ref = losses.kto_reference_point(r_w, r_l, reference_point)
         return losses.kto_pair_loss(r_w, r_l, z_ref, cfg.kto_lambda_chosen, cfg.kto_lambda_rejected)
     raise AssertionError(f"unhandled loss form {form!r}")

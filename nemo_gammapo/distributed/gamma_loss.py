@@ -9,7 +9,9 @@ NeMo-Aligner uses). On the last pipeline stage the loss:
    solve, the queue or the statistics;
 3. for γ-PO losses, all-gathers the margins over the data-parallel group, runs the margin policy
    (queue + solver) on the global micro-batch and keeps this rank's γ; only training steps push
-   to the queue;
+   to the queue; β-DPO / β-SimPO (M0) and KTO (z_ref) read a moving average of global
+   micro-batch means (:class:`~nemo_gammapo.core.baseline.MovingMean`), so they too are the same
+   at every layout;
 4. returns ``(loss, metrics)``; metrics are 0-dim tensors, identical on every rank of the last
    stage, with no device→host sync.
 """
@@ -25,6 +27,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from torch import Tensor
 
+from nemo_gammapo.core.baseline import MovingMean
 from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig
 from nemo_gammapo.core.policy import GammaMarginPolicy, gamma_statistics
 from nemo_gammapo.core.registry import get_loss_spec, preference_loss
@@ -84,6 +87,10 @@ class GammaPOLoss:
             GammaMarginPolicy(self.gamma_config, loss_config.gamma0, device=device)
             if self.spec.dynamic_margin
             else None
+        )
+        # β-DPO's M0 / KTO's z_ref: a running mean over global micro-batches (checkpointed).
+        self.reference = (
+            MovingMean(loss_config.reference_momentum) if self.spec.form in ("beta_scaled", "kto_pair") else None
         )
         self._dp_group = data_parallel_group
         self.pad_to = pad_to
@@ -152,12 +159,21 @@ class GammaPOLoss:
             all_gamma = self.policy(all_margins, all_valid, update=self.training)
             gamma = local_slice(all_gamma, group, b, self.pad_to)
 
+        reference_margin = reference_point = None
+        if self.reference is not None and self.spec.form == "beta_scaled":
+            reference_margin = self.reference(all_margins, all_valid, update=self.training)
+        elif self.reference is not None:  # KTO: the mean reward of both responses (one more gather)
+            all_rewards, _ = gather_margins(((r_w + r_l) / 2).detach(), valid, group, self.pad_to)
+            reference_point = self.reference(all_rewards, all_valid, update=self.training)
+
         out = preference_loss(
             self.loss_config.name,
             pairs,
             self.loss_config,
             gamma=gamma,
             dpo_convention=self.gamma_config.dpo_convention,
+            reference_margin=reference_margin,
+            reference_point=reference_point,
             rewards=(r_w, r_l),
         )
         per_pair = torch.where(valid, out.losses, torch.zeros_like(out.losses))
@@ -214,11 +230,16 @@ class GammaPOLoss:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy.state_dict() if self.policy is not None else None}
+        return {
+            "policy": self.policy.state_dict() if self.policy is not None else None,
+            "reference": self.reference.state_dict() if self.reference is not None else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.policy is not None and state.get("policy") is not None:
             self.policy.load_state_dict(state["policy"])
+        if self.reference is not None and state.get("reference") is not None:
+            self.reference.load_state_dict(state["reference"])
 
 
 def reduce_step_metrics(per_microbatch: Sequence[dict[str, Tensor]]) -> dict[str, float]:
