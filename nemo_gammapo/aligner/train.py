@@ -197,8 +197,10 @@ def train(cfg: DictConfig) -> TrainResult:
     )
 
     init_peft(model, cfg.model)
-    if not model.reference_free:
-        # The reference policy is the starting weights, kept on the host for DPOTrainer's swap.
+    if not model.reference_free and not model.use_peft:
+        # Full fine-tuning: the reference policy is the starting weights, kept on the host for
+        # DPOTrainer's swap. With PEFT it is the base model with the adapters switched off
+        # (NeMo-Aligner's convention; restored adapters are trained weights, not the reference).
         model.ref_policy_state_dict = retrieve_model_state_dict_in_cpu(
             model, megatron_amp_O2=cfg.model.get("megatron_amp_O2", False)
         )
