@@ -130,7 +130,7 @@ def main() -> None:
     print(results_table(simpo))
     print(
         f"γ-SimPO / γ-DPO step time: {wall:.2f} wall (incl. γ-DPO's reference pass), {compute:.2f} train step only.\n"
-        "  On this tiny CPU model fixed per-step costs (NeMo-Aligner's gc.collect, logging, data) dominate both\n"
+        "  On this tiny CPU model fixed per-step costs (NeMo-Aligner's loop, logging, data) dominate both\n"
         "  runs; the compute comparison at realistic sizes belongs to the benchmarks."
     )
     print(f"\nrun directory: {simpo_dir}")

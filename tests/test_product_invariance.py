@@ -226,6 +226,8 @@ def test_layout_matches_one_process(product_runs: Runs, key: Key) -> None:
             assert (int(mine["pointer"]), int(mine["count"])) == (int(queue["pointer"]), int(queue["count"]))
             assert torch.equal(mine["valid"], queue["valid"]), f"rank {rank}: validity flags"
             assert torch.equal(mine["generator"], queue["generator"]), f"rank {rank}: sampling generator"
+            # Every rank of a layout holds the same queue, bit for bit (it is fed gathered margins).
+            assert same_state(mine, ranks[0]["gamma_state"]["policy"]["queue"]), f"rank {rank} differs from rank 0"
             diff = (mine["margins"] - queue["margins"]).abs().max().item()
             assert diff <= 1e-5 * max(scale, 1.0), (
                 f"rank {rank}: queued margins differ by {diff:.2e} (scale {scale:.1f})"
