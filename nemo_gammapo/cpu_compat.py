@@ -331,12 +331,32 @@ def _scalar_optimizer_step_patches(nlp_overrides: Any) -> None:
     nlp_overrides.NLPDDPStrategy.load_optimizer_state_dict = load_optimizer_state_dict
 
 
+def _lora_without_transformer_engine() -> None:
+    """NeMo's LoRA mixins for megatron-core import TE's ``SplitAlongDim`` unconditionally.
+
+    They already fall back to ``torch.split`` when it is ``None``; without Transformer Engine its
+    megatron-core module cannot be imported at all, so the mixins get a stand-in module whose
+    ``SplitAlongDim`` is ``None`` (no other name: anything else looking for TE there still fails).
+    """
+    import importlib.util
+    import sys
+    import types
+
+    name = "megatron.core.extensions.transformer_engine"
+    if importlib.util.find_spec("transformer_engine") is not None or name in sys.modules:
+        return
+    stand_in = types.ModuleType(name, "CPU stand-in: Transformer Engine is not installed")
+    stand_in.SplitAlongDim = None
+    sys.modules[name] = stand_in
+
+
 class _AbsentOptimizer:
     """Stands in for an apex-only optimizer class that NeMo names in isinstance checks."""
 
 
 def _nemo_apex_stand_ins() -> None:
     """NeMo guards whole code paths on apex; give those paths the torch / megatron-core parts."""
+    _lora_without_transformer_engine()  # before NeMo's adapter mixins are first imported
     from megatron.core.transformer.module import Float16Module  # noqa: F401  (import order)
     from nemo.collections.nlp.modules.common.megatron import utils as megatron_utils
     from nemo.collections.nlp.parts import nlp_overrides

@@ -36,6 +36,14 @@ def _run(root: Path, name: str, overrides: list[str], **kwargs: Any) -> dict[str
 
 
 RESUME = ["trainer.dpo.max_steps=16", "trainer.dpo.val_check_interval=8", "trainer.dpo.save_interval=8"]
+SAVE_NEMO = ["exp_manager.checkpoint_callback_params.save_nemo_on_train_end=true"]
+LORA = [
+    "model.dpo.preference_loss=dpo",
+    "model.dpo.ref_policy_kl_penalty=0.5",
+    "model.peft.peft_scheme=lora",
+    "model.peft.lora_tuning.adapter_dim=8",
+    "model.optim.lr=2e-2",
+]
 NEMO_RESTORE = ["model.dpo.preference_loss=simpo", "trainer.dpo.max_steps=1", "trainer.dpo.val_check_interval=1"]
 
 
@@ -80,6 +88,20 @@ def aligner_runs(tmp_path_factory) -> dict[str, Any]:
             [*NEMO_RESTORE, "model.optim.lr=0.0", "model.optim.sched.min_lr=0.0"],
             restore_from_run=str(root / "nemo_a"),
         ),
+        # LoRA (DPO): train adapters and save them; then restore them with learning rate 0.
+        _run(root, "lora_a", [*LORA, "trainer.dpo.max_steps=4", "trainer.dpo.val_check_interval=4", *SAVE_NEMO]),
+        _run(
+            root,
+            "lora_b",
+            [
+                *LORA,
+                "trainer.dpo.max_steps=1",
+                "trainer.dpo.val_check_interval=1",
+                "model.optim.lr=0.0",
+                "model.optim.sched.min_lr=0.0",
+                f"model.peft.restore_from_path={root / 'lora_a' / 'checkpoints' / 'tiny_cpu_gamma_simpo.nemo'}",
+            ],
+        ),
         # γ-SimPO with per-pair dumps every 4 steps, for the plots.
         _run(
             root,
@@ -93,5 +115,5 @@ def aligner_runs(tmp_path_factory) -> dict[str, Any]:
         ),
     ]
     per_rank = run_on_ranks(aligner_runs_worker, 2, 1500, {"runs": plan}, init_process_group=False)
-    names = [*ALIGNER_LOSSES, "full", "stopped", "resumed", "nemo_a", "nemo_b", "plots"]
+    names = [*ALIGNER_LOSSES, "full", "stopped", "resumed", "nemo_a", "nemo_b", "lora_a", "lora_b", "plots"]
     return {"root": root, **{name: list(ranks) for name, ranks in zip(names, zip(*per_rank, strict=True), strict=True)}}

@@ -6,6 +6,7 @@ and DPOTrainer, our model class, distributed checkpoints on disk.
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,25 @@ def test_restores_a_nemo_checkpoint(aligner_runs) -> None:
     fresh_first_loss = next(r["train/loss"] for r in a[0]["history"] if "train/loss" in r)
     restored_first_loss = next(r["train/loss"] for r in b[0]["history"] if "train/loss" in r)
     assert restored_first_loss != fresh_first_loss  # same first batch, trained weights
+
+
+def test_lora_reference_is_the_base_model_with_adapters_off(aligner_runs) -> None:
+    """LoRA: the reference is the base model with the adapters switched off, never a host copy.
+
+    Run A trains adapters (they start at zero, so its first step has policy = reference: loss
+    log 2) and saves them; run B restores them with learning rate 0. B's reference is still the
+    base model, so B's validation equals A's last one; were the reference a copy of B's starting
+    weights (base + restored adapters), B's rewards would be 0 and its loss log 2.
+    """
+    a, b = aligner_runs["lora_a"], aligner_runs["lora_b"]
+    for r in a + b:
+        assert not r["holds_reference_weights"] and r["calls"]["retrieve_model_state_dict_in_cpu"] == 0
+        assert r["calls"]["get_ref_policy_logprobs"] > 0  # the reference pass runs (adapters off)
+    first_a = next(r for r in a[0]["history"] if "train/loss" in r)
+    assert first_a["train/loss"] == pytest.approx(math.log(2), abs=1e-6)
+    first_b = next(r for r in b[0]["history"] if "train/loss" in r)
+    assert abs(first_b["train/rewards_chosen_mean"]) > 1e-3
+    val_a = [r["val/loss"] for r in a[0]["history"] if "val/loss" in r][-1]
+    val_b = [r["val/loss"] for r in b[0]["history"] if "val/loss" in r][-1]
+    assert val_b == pytest.approx(val_a, abs=1e-6)
+    assert abs(val_b - math.log(2)) > 1e-3
