@@ -79,7 +79,7 @@ def aligner_runs(tmp_path_factory) -> dict[str, Any]:
                 "model.dpo.preference_loss=simpo",
                 "trainer.dpo.max_steps=4",
                 "trainer.dpo.val_check_interval=4",
-                "exp_manager.checkpoint_callback_params.save_nemo_on_train_end=true",
+                *SAVE_NEMO,
             ],
         ),
         _run(

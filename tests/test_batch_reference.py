@@ -20,7 +20,7 @@ BETA, ALPHA, MOMENTUM = 0.5, 0.5, 0.9
 PAIRS = [(-10.0, -14.0, -12.0, -12.0), (-11.0, -10.0, -12.0, -12.0), (-9.0, -13.0, -11.0, -10.0)]
 
 
-def _loss(name: str, pair: tuple[float, ...], loss_fn: GammaPOLoss) -> float:
+def _loss(pair: tuple[float, ...], loss_fn: GammaPOLoss) -> float:
     chosen, rejected, ref_chosen, ref_rejected = pair
     logps, tokens = torch.tensor([chosen, rejected]), torch.tensor([5.0, 5.0])
     loss, _ = loss_fn.from_sequence_logprobs(logps, tokens, torch.tensor([ref_chosen, ref_rejected]))
@@ -42,10 +42,10 @@ def test_beta_dpo_at_micro_batch_1_uses_the_running_mean_margin() -> None:
         m0 = margin if m0 is None else MOMENTUM * m0 + (1 - MOMENTUM) * margin
         scale = max(0.0, 1 + ALPHA * (margin - m0))
         expected = -math.log(1 / (1 + math.exp(-scale * margin)))
-        got = _loss("beta_dpo", pair, beta_dpo)
+        got = _loss(pair, beta_dpo)
         assert got == pytest.approx(expected, rel=1e-6)
         if i > 0:  # the first pair sets M0 to its own margin; after that β_i ≠ β
-            assert got != pytest.approx(_loss("dpo", pair, dpo), rel=1e-3)
+            assert got != pytest.approx(_loss(pair, dpo), rel=1e-3)
 
 
 def test_kto_reference_point_is_the_running_mean_reward_clamped_at_zero() -> None:
@@ -57,18 +57,18 @@ def test_kto_reference_point_is_the_running_mean_reward_clamped_at_zero() -> Non
         mean = (r_w + r_l) / 2 if mean is None else MOMENTUM * mean + (1 - MOMENTUM) * (r_w + r_l) / 2
         z = max(0.0, mean)
         expected = (1 - 1 / (1 + math.exp(-(r_w - z)))) + (1 - 1 / (1 + math.exp(-(z - r_l))))
-        assert _loss("kto_pair", pair, kto) == pytest.approx(expected, rel=1e-6)
+        assert _loss(pair, kto) == pytest.approx(expected, rel=1e-6)
 
 
 def test_validation_reads_the_running_mean_and_it_is_checkpointed() -> None:
     trained = GammaPOLoss(_config("beta_dpo"))
     for pair in PAIRS[:2]:
-        _loss("beta_dpo", pair, trained)
+        _loss(pair, trained)
     state = trained.state_dict()
     trained.eval()
-    before = _loss("beta_dpo", PAIRS[2], trained)
-    assert _loss("beta_dpo", PAIRS[2], trained) == before  # validation does not move M0
+    before = _loss(PAIRS[2], trained)
+    assert _loss(PAIRS[2], trained) == before  # validation does not move M0
     restored = GammaPOLoss(_config("beta_dpo"))
     restored.load_state_dict(state)
     restored.eval()
-    assert _loss("beta_dpo", PAIRS[2], restored) == before
+    assert _loss(PAIRS[2], restored) == before

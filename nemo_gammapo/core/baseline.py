@@ -49,9 +49,9 @@ class MovingMean:
             self.value, self.initialized = self.value.to(values.device), self.initialized.to(values.device)
         count = weights.sum()
         batch_mean = (values * weights).sum() / count.clamp_min(1.0)
-        blended = self.momentum * self.value + (1.0 - self.momentum) * batch_mean
         if not update:
             return torch.where(self.initialized, self.value, batch_mean)
+        blended = self.momentum * self.value + (1.0 - self.momentum) * batch_mean
         has_values = count > 0
         self.value = torch.where(has_values, torch.where(self.initialized, blended, batch_mean), self.value)
         self.initialized = self.initialized | has_values
