@@ -6,15 +6,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nemo_gammapo.aligner.errors import ConfigError
 from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig, config_from_mapping
 from nemo_gammapo.core.registry import LOSSES
 
+__all__ = ["ALIGNER_NATIVE_LOSSES", "ConfigError", "loss_configs"]
+
 # NeMo-Aligner's own losses, run by its MegatronGPTDPOModel code unchanged.
 ALIGNER_NATIVE_LOSSES = ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message starts with the full key."""
 
 
 def _plain(node: Any) -> dict[str, Any]:

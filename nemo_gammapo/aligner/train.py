@@ -17,9 +17,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nemo_gammapo.aligner.config import ConfigError, loss_configs
+from nemo_gammapo.aligner.checkpoints import newest_complete, set_aside_unusable
+from nemo_gammapo.aligner.errors import global_rank
+from nemo_gammapo.aligner.preflight import check_layout, preflight, validate_config
+from nemo_gammapo.aligner.run_dir import RunDirLock
+
+__all__ = ["MetricsHistory", "RunLimit", "TrainResult", "train", "validate_config"]
 
 
 @dataclass
@@ -67,50 +72,24 @@ class RunLimit:
         return over_budget or self.timer.is_finished()
 
 
-DATA_IMPLS = ("jsonl", "json")  # preference-pair files NeMo-Aligner reads one pair per line
+def choose_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """Point NeMo's resume at the newest complete checkpoint (see :mod:`nemo_gammapo.aligner.checkpoints`).
 
-
-def validate_config(cfg: DictConfig) -> None:
-    """Fail at start-up, naming the key, on values the run cannot honour."""
-    if cfg.model.dpo.get("preference_loss") not in ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq"):
-        loss_configs(cfg.model.dpo)  # raises ConfigError naming model.dpo.* keys
-    if cfg.model.get("virtual_pipeline_model_parallel_size") not in (None, 1):
-        raise ConfigError(
-            "model.virtual_pipeline_model_parallel_size must be null or 1: NeMo-Aligner's DPO loop runs one model "
-            "chunk per pipeline stage"
-        )
-    if cfg.model.data.data_impl not in DATA_IMPLS:
-        # packed_jsonl would pass NeMo-Aligner's dataset builder but our collate and DP margin gather
-        # are for unpacked pairs; packed sequences need Transformer Engine (a GPU container) anyway.
-        raise ConfigError(f"model.data.data_impl must be one of {list(DATA_IMPLS)} (got {cfg.model.data.data_impl!r})")
-    if not cfg.model.data.shuffle and cfg.trainer.dpo.max_epochs != 1:
-        raise ConfigError(
-            f"model.data.shuffle=false needs trainer.dpo.max_epochs=1 (got {cfg.trainer.dpo.max_epochs}): "
-            "NeMo-Aligner repeats epochs only with its random sampler"
-        )
-    stop = cfg.trainer.dpo.get("stop_after_steps")
-    if stop is not None and (not isinstance(stop, int) or stop < 1):
-        raise ConfigError(f"trainer.dpo.stop_after_steps must be null or an integer >= 1 (got {stop!r})")
-    mbs, gbs = cfg.model.micro_batch_size, cfg.model.global_batch_size
-    if mbs < 1 or gbs % mbs:
-        raise ConfigError(f"model.global_batch_size ({gbs}) must be a multiple of model.micro_batch_size ({mbs})")
-
-
-def validate_data_files(cfg: DictConfig) -> None:
-    """Refuse malformed preference JSONL before anything is built, showing the first problems."""
-    from nemo_gammapo.data.startup import validate_training_data
-    from nemo_gammapo.data.validate import DataValidationError
-
-    data = cfg.model.data
-    byte_level = (cfg.model.get("tokenizer") or {}).get("library") == "byte-level"
-    try:
-        validate_training_data(
-            data.data_prefix,
-            max_length=data.get("seq_length") if byte_level else None,  # byte counts are exact only there
-            warn=lambda msg: print(f"WARNING: {msg}", flush=True),
-        )
-    except DataValidationError as e:
-        raise ConfigError(str(e)) from None
+    Rank 0 first sets unfinished checkpoints aside; every rank then makes the same choice. An
+    explicit ``exp_manager.resume_from_checkpoint`` is left alone.
+    """
+    em = cfg.exp_manager
+    if not em.get("resume_if_exists") or em.get("resume_from_checkpoint"):
+        return None
+    checkpoint_dir = run_dir / "checkpoints"
+    if global_rank() == 0:
+        for path in set_aside_unusable(checkpoint_dir):
+            print(f"WARNING: set aside an unfinished or non-finite checkpoint: {path}", flush=True)
+    chosen = newest_complete(checkpoint_dir)
+    with open_dict(em):
+        em.resume_if_exists = False  # NeMo's own search stops at an unfinished "-last"; ours has chosen
+        em.resume_from_checkpoint = str(chosen.path) if chosen is not None else None
+    return chosen.path if chosen is not None else None
 
 
 def train(cfg: DictConfig) -> TrainResult:
@@ -120,13 +99,22 @@ def train(cfg: DictConfig) -> TrainResult:
 
     maybe_apply_cpu_patches(nemo=True)
     apply_version_adapters()
-    validate_config(cfg)
-    validate_data_files(cfg)
+    checked = preflight(cfg, warn=lambda msg: print(f"WARNING: {msg}", flush=True))
+    run_dir = Path(cfg.exp_manager.explicit_log_dir).resolve()
+    lock = RunDirLock(run_dir)
+    if global_rank() == 0:
+        lock.acquire()
+    try:
+        return _train(cfg, run_dir, checked)
+    finally:
+        lock.release()
 
+
+def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResult:
     import torch
     from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
-    from nemo_aligner.algorithms.dpo import DPOTrainer, dpo_custom_collate
+    from nemo_aligner.algorithms.dpo import dpo_custom_collate
     from nemo_aligner.data.nlp.builders import build_dataloader, build_train_valid_test_dpo_datasets, identity_collate
     from nemo_aligner.utils.distributed import Timer
     from nemo_aligner.utils.train_script_utils import (
@@ -145,16 +133,21 @@ def train(cfg: DictConfig) -> TrainResult:
         retrieve_model_state_dict_in_cpu,
     )
 
+    from nemo_gammapo.aligner.finite_guard import GuardedDPOTrainer
     from nemo_gammapo.aligner.model import MegatronGPTGammaPOModel
     from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 
     restore_path = cfg.pretrained_checkpoint.get("restore_from_path")
     if restore_path:
         cfg.model = load_and_override_model_config(restore_path, cfg.model)
+        check_layout(cfg)  # the checkpoint's heads and layers against the layout
 
+    resume_from = choose_resume_checkpoint(cfg, run_dir)
     trainer = resolve_and_create_trainer(cfg, "dpo")
     exp_manager(trainer, cfg.exp_manager)
-    run_dir = Path(cfg.exp_manager.explicit_log_dir).resolve()
+    logging.info(f"Start-up checks passed: {checked}")
+    if resume_from is not None:
+        logging.info(f"Resuming from the newest complete checkpoint: {resume_from}")
     history = MetricsHistory(run_dir / "metrics.jsonl", write=trainer.global_rank == 0)
     if trainer.global_rank == 0:  # the resolved configuration this run uses, for reports and plots
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -209,7 +202,8 @@ def train(cfg: DictConfig) -> TrainResult:
     ckpt_callback = add_custom_checkpoint_callback(trainer, model)
     logger.log_hyperparams(OmegaConf.to_container(cfg))
 
-    dpo_trainer = DPOTrainer(
+    dpo_trainer = GuardedDPOTrainer(
+        checkpoint_dir=run_dir / "checkpoints",
         cfg=cfg.trainer.dpo,
         model=model,
         optimizer=optimizer,

@@ -84,13 +84,15 @@ def gamma_statistics(
     """Step metrics over the valid pairs, as 0-dim device tensors (no host sync).
 
     Keys: ``gamma_mean/min/max/std``, ``margin_mean/std``, ``gamma_above_gamma0`` (fraction of
-    pairs with γ_i > γ0), ``excluded_pairs`` (masked or non-finite), ``queue_fill`` (fraction of
+    pairs with γ_i > γ0), ``excluded_pairs`` (masked: truncated to nothing or padding),
+    ``nonfinite_pairs`` (unmasked pairs whose margin is NaN/inf — a sign of divergence, never a
+    data property; they are left out of γ and of these statistics), ``queue_fill`` (fraction of
     the queue holding valid margins). With no valid pair every statistic is 0.
     """
     gamma, margins = gamma.detach().reshape(-1).float(), margins.detach().reshape(-1).float()
-    ok = torch.isfinite(margins)
-    if valid is not None:
-        ok = ok & valid.reshape(-1).to(ok.device, torch.bool)
+    finite = torch.isfinite(margins)
+    masked = torch.zeros_like(finite) if valid is None else ~valid.reshape(-1).to(finite.device, torch.bool)
+    ok = finite & ~masked
     w = ok.float()
     n = w.sum()
     denom = n.clamp_min(1.0)
@@ -114,7 +116,8 @@ def gamma_statistics(
         "margin_mean": m_mean,
         "margin_std": m_std,
         "gamma_above_gamma0": ((gamma > gamma0) & ok).float().sum() / denom,
-        "excluded_pairs": (~ok).float().sum(),
+        "excluded_pairs": masked.float().sum(),
+        "nonfinite_pairs": (~finite & ~masked).float().sum(),
     }
     if queue is not None and queue.capacity > 0:
         stats["queue_fill"] = queue.num_valid().float().to(gamma.device) / queue.capacity

@@ -3,7 +3,7 @@
 Pure standard library (fast enough to run at training start-up). Data problems are *reported*,
 never raised; only :func:`assert_valid_files` raises, for callers that must refuse bad files.
 
-Problem kinds (``Problem.kind``): ``file_not_found``, ``invalid_utf8``, ``blank_line``,
+Problem kinds (``Problem.kind``): ``file_not_found``, ``not_a_file``, ``invalid_utf8``, ``blank_line``,
 ``invalid_json``, ``not_an_object``, ``duplicate_key``, ``missing_field``, ``wrong_type``,
 ``empty_field``, ``identical_responses``, ``bad_reward``, ``bad_id``, ``duplicate_id``,
 ``empty_file`` (and ``over_length`` when ``overlength_is_error``).
@@ -186,6 +186,9 @@ def validate_file(
         if len(report.errors) < max_errors:
             report.errors.append(Problem(str(path), line, kind, message))
 
+    if path.is_dir():
+        problem(0, "not_a_file", "is a directory, not a JSONL file")
+        return report
     if not path.is_file():
         problem(0, "file_not_found", "no such file")
         return report

@@ -48,11 +48,12 @@ METRIC_NAMES = (
     "margin_std",
     "gamma_above_gamma0",
     "excluded_pairs",
+    "nonfinite_pairs",
     "queue_fill",
 )
 
 # How per-micro-batch metrics combine into one value per step (default: mean).
-_METRIC_REDUCTION = {"gamma_min": "min", "gamma_max": "max", "excluded_pairs": "sum"}
+_METRIC_REDUCTION = {"gamma_min": "min", "gamma_max": "max", "excluded_pairs": "sum", "nonfinite_pairs": "sum"}
 
 
 def _model_parallel_ready() -> bool:

@@ -1,0 +1,64 @@
+"""NeMo-Aligner's ``DPOTrainer`` with a non-finite guard: a NaN/inf step stops the run, unsaved.
+
+After every training step the loss and the gradient norm (host floats NeMo-Aligner already has;
+the norm only when gradient clipping computes one) are checked, and after every validation the
+validation loss. The verdict is all-reduced once per step — one tiny collective, no extra host sync
+per micro-batch — so every rank stops at the same step. The check runs before
+NeMo-Aligner's save of that step, so no checkpoint of a non-finite model is written and resume
+(:mod:`nemo_gammapo.aligner.checkpoints`) picks the last good one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from nemo_aligner.algorithms.dpo import DPOTrainer
+
+from nemo_gammapo.aligner.checkpoints import newest_complete
+from nemo_gammapo.aligner.errors import NonFiniteTraining
+
+
+def _finite(value: Any) -> bool:
+    return value is None or math.isfinite(float(value))
+
+
+class GuardedDPOTrainer(DPOTrainer):
+    """``DPOTrainer`` that raises :class:`NonFiniteTraining` on every rank at the first bad step."""
+
+    def __init__(self, *args: Any, checkpoint_dir: Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.checkpoint_dir = Path(checkpoint_dir)
+
+    def _all_finite(self, *values: Any) -> bool:
+        ok = torch.tensor([float(all(_finite(v) for v in values))], device=torch.cuda.current_device())
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def _stop(self, step: int, what: str) -> None:
+        """Raise naming the step (counted like checkpoint names: ``step=N`` is after N steps)."""
+        last = newest_complete(self.checkpoint_dir)
+        where = (
+            f"the last good checkpoint is {last.path} (step {last.step}); re-running the same command resumes from it"
+            if last is not None
+            else "no checkpoint had been written yet"
+        )
+        raise NonFiniteTraining(
+            f"non-finite training at step {step}: {what}; stopped before saving it — {where}. "
+            "Lower model.optim.lr or check the data"
+        )
+
+    def train_single_step(self, global_batch: Any) -> tuple[float, dict[str, Any]]:
+        loss, metrics = super().train_single_step(global_batch)
+        grad_norm = metrics.get("grad_norm")
+        if not self._all_finite(loss, grad_norm):
+            self._stop(self.step + 1, f"train loss={loss}, grad_norm={grad_norm}")
+        return loss, metrics
+
+    def run_validation(self) -> tuple[float, dict[str, Any]]:
+        loss, metrics = super().run_validation()
+        if not self._all_finite(loss):
+            self._stop(self.step, f"validation loss={loss}")  # fit() has already counted the step
+        return loss, metrics
