@@ -11,6 +11,8 @@ not carry dataset ids, so a pair is identified by (step, microbatch, pair).
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +66,42 @@ class PairDumper:
         return path
 
 
-def read_dumps(run_dir: str | Path) -> Any:
-    """All dumps of a run as one pandas DataFrame (sorted by step, microbatch, pair)."""
-    import pandas as pd
+COLUMNS = ("step", "microbatch", "dp_rank", "pair", "margin", "gamma", "loss", "valid")
 
-    files = sorted((Path(run_dir) / DUMP_DIR).glob("step_*.parquet"))
+
+def read_dumps(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> Any:
+    """All dumps of a run as one pandas DataFrame (sorted by step, microbatch, pair).
+
+    A dump file that cannot be read as parquet, or lacks a column of the schema above, is skipped
+    with a one-line ``warn``-ing naming it (default: stderr), and the others are used. Raises
+    ``FileNotFoundError`` when the run directory does not exist or has no dump files, and
+    ``ValueError`` when none of its dump files is readable.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        problem = "is not a directory" if run_dir.exists() else "does not exist"
+        raise FileNotFoundError(f"run directory {run_dir} {problem}")
+    files = sorted((run_dir / DUMP_DIR).glob("step_*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {DUMP_DIR}/step_*.parquet under {run_dir} (is model.dpo.gamma_dump.every > 0?)")
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    warn = warn or (lambda message: print(f"WARNING: {message}", file=sys.stderr, flush=True))
+    frames = []
+    for path in files:
+        try:
+            frame = pd.read_parquet(path)
+        except (OSError, ValueError, pa.ArrowException) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            warn(f"{path}: skipped, not a readable parquet file ({first})")
+            continue
+        missing = [c for c in COLUMNS if c not in frame.columns]
+        if missing:
+            warn(f"{path}: skipped, missing column(s) {missing}")
+            continue
+        frames.append(frame)
+    if not frames:
+        raise ValueError(f"none of the {len(files)} dump file(s) under {run_dir / DUMP_DIR} is readable")
+    frame = pd.concat(frames, ignore_index=True)
     return frame.sort_values(["step", "microbatch", "pair"]).reset_index(drop=True)

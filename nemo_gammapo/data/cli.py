@@ -5,16 +5,58 @@ nemo-gammapo data validate FILE [FILE ...] [--max-length 2048 --tokenizer bytes|
 nemo-gammapo data stats FILE [FILE ...]          (same checks; always prints length statistics)
 nemo-gammapo data flip IN OUT --p 0.2 --seed 0   (label-flip noise; flipped ids → OUT.flips.json)
 nemo-gammapo data template FAMILY "user text"    (print a rendered prompt, to eyeball a format)
+
+Exit codes: 0 ok; 1 the data has problems (listed); 2 the command cannot run — an input that does
+not exist or is a directory, an output that would overwrite an input (or is a directory), a bad
+option — with one line naming the path.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from nemo_gammapo.data.templates import FAMILIES
+
+
+def _input_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as an input file, or ``None``."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if path.is_dir():
+        return f"{path} is a directory"
+    if not os.access(path, os.R_OK):
+        return f"{path} is not readable (permission denied)"
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name the same file (after symlinks, or as hard links)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+    except (OSError, RuntimeError):  # a symlink loop: compare the files themselves
+        pass
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def _overwritten_input(outputs: Iterable[Path], inputs: Iterable[Path]) -> tuple[Path, Path] | None:
+    """The first (output, input) pair naming the same file, or ``None``."""
+    inputs = list(inputs)
+    for out in outputs:
+        for src in inputs:
+            if _same_file(out, src):
+                return out, src
+    return None
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"nemo-gammapo data {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def _split_map(values: list[str] | None) -> dict[str, str] | None:
@@ -63,10 +105,37 @@ def _add_validate(sub: argparse._SubParsersAction, name: str, help_: str) -> Non
     p.add_argument("--no-progress", action="store_true")
 
 
+def _local_files(source: Path) -> list[Path]:
+    """The local files a convert source reads: the file itself, every file under a folder, or none (hub)."""
+    if source.is_file():
+        return [source]
+    return [p for p in source.rglob("*") if p.is_file()] if source.is_dir() else []
+
+
+def _local_splits(source: str, kind: str, config_name: str | None) -> list[str]:
+    """The split names a local source will load as (``sources.load_source``'s conventions), before loading."""
+    from nemo_gammapo.data.sources import split_files
+
+    path = Path(source)
+    if kind == "save_to_disk" and (path / "dataset_dict.json").exists():
+        return list(json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"])
+    if kind == "folder":
+        return list(split_files(path, config_name)[1])
+    return ["train"]  # a single file, or a single saved Dataset
+
+
+def _convert_outputs(args: argparse.Namespace, splits: Iterable[str]) -> list[Path]:
+    """Every file ``convert`` writes under ``--out`` for the source splits ``splits``."""
+    names = set((_split_map(args.split) or {name: name for name in splits}).values())
+    if args.holdout:
+        names.add("validation")
+    return [args.out / f"{name}.jsonl" for name in sorted(names)] + [args.out / "conversion_summary.json"]
+
+
 def run_convert(args: argparse.Namespace) -> int:
     from nemo_gammapo.data.convert import ConvertOptions, convert_dataset
     from nemo_gammapo.data.rows import Fields
-    from nemo_gammapo.data.sources import load_source
+    from nemo_gammapo.data.sources import describe_source, load_source
     from nemo_gammapo.data.validate import validate_file
 
     fields = Fields(
@@ -92,11 +161,28 @@ def run_convert(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     try:
+        kind = describe_source(args.source)
+    except FileNotFoundError:
+        return _fail("convert", f"{args.source} does not exist (no such file or folder)")
+    except ValueError as e:
+        return _fail("convert", str(e))
+    if args.out.exists() and not args.out.is_dir():
+        return _fail("convert", f"--out {args.out} is not a directory")
+    inputs = _local_files(Path(args.source)) if kind != "hub" else []
+    try:
+        if inputs:  # checked before loading, so a refused conversion reads nothing
+            clash = _overwritten_input(
+                _convert_outputs(args, _local_splits(args.source, kind, args.config_name)), inputs
+            )
+            if clash:
+                return _fail("convert", f"--out would overwrite the input file {clash[1]} (as {clash[0]})")
         dsd = load_source(args.source, config_name=args.config_name, cache_dir=args.cache_dir)
+        clash = _overwritten_input(_convert_outputs(args, dsd), inputs)  # and with the splits as loaded
+        if clash:
+            return _fail("convert", f"--out would overwrite the input file {clash[1]} (as {clash[0]})")
         summary = convert_dataset(dsd, args.out, opts, source=args.source)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"nemo-gammapo data convert: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:
+        return _fail("convert", str(e))
     print(summary.format())
     status = 0
     for split in summary.splits.values():
@@ -111,6 +197,11 @@ def run_validate(args: argparse.Namespace, always_stats: bool) -> int:
     from nemo_gammapo.data.lengths import make_length_fn
     from nemo_gammapo.data.validate import validate_file
 
+    problems = [p for p in map(_input_problem, args.files) if p]
+    if problems:
+        for problem in problems:
+            _fail(args.command, problem)
+        return 2
     try:
         length_fn, unit = make_length_fn(args.tokenizer)
     except ValueError as e:
@@ -152,6 +243,19 @@ def run_flip(args: argparse.Namespace) -> int:
     from nemo_gammapo.data.noise import flip_file
     from nemo_gammapo.data.validate import DataValidationError
 
+    ids = args.ids or Path(args.dst).with_suffix(".flips.json")
+    problem = _input_problem(args.src)
+    if problem:
+        return _fail("flip", problem)
+    for flag, path in (("output", args.dst), ("flipped-ids file", ids)):
+        if path.is_dir():
+            return _fail("flip", f"{flag} {path} is a directory")
+    if _same_file(args.dst, args.src):
+        return _fail("flip", f"output {args.dst} is the input file {args.src}; it would be overwritten")
+    if _same_file(ids, args.src):
+        return _fail("flip", f"flipped-ids file {ids} is the input file {args.src}; it would be overwritten")
+    if _same_file(ids, args.dst):
+        return _fail("flip", f"flipped-ids file {ids} is the output file {args.dst}; pass another --ids")
     try:
         result = flip_file(
             args.src, args.dst, p=args.p, seed=args.seed, ids_path=args.ids, progress=not args.no_progress
@@ -159,7 +263,8 @@ def run_flip(args: argparse.Namespace) -> int:
     except (DataValidationError, ValueError) as e:
         print(f"nemo-gammapo data flip: {e}", file=sys.stderr)
         return 1
-    ids = args.ids or Path(args.dst).with_suffix(".flips.json")
+    except OSError as e:  # e.g. the output's folder cannot be made or written
+        return _fail("flip", str(e))
     n = len(result.flipped_ids)
     print(f"flipped {n} of {result.total} pairs ({result.rate:.4f}; p={args.p}, seed={args.seed})")
     print(f"wrote {args.dst} and the flipped ids to {ids}")

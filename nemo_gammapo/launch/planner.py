@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from nemo_gammapo.launch.config import compose_config, layout_from_config, training_from_config
 from nemo_gammapo.launch.memory import GIB, Estimate, Layout, Training, estimate
@@ -104,21 +105,41 @@ def _as_dict(e: Estimate) -> dict:
     }
 
 
+def _number(kind: type, allow_zero: bool = False) -> Callable[[str], int | float]:
+    """An argparse ``type``: a finite ``kind`` value > 0 (>= 0 with ``allow_zero``); errors name the flag."""
+    bound = ">= 0" if allow_zero else "> 0"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            wanted = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{wanted} is needed (got {text!r})") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {bound} (got {text})")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nemo-gammapo plan`` argument parser; every count and size must be > 0 (the overhead >= 0)."""
+    count, size = _number(int), _number(float)
     p = argparse.ArgumentParser(prog="nemo-gammapo plan", description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="Hydra overrides of the config, key=value")
     p.add_argument("--config", help="config name in conf/ (e.g. llama3_70b_instruct)")
     p.add_argument("--model", help=f"model shape (default: from the config name); one of {', '.join(MODELS)}")
-    p.add_argument("--nodes", type=int, help="nodes (default: the config's trainer.num_nodes)")
-    p.add_argument("--gpus-per-node", type=int, help="GPUs per node (default: the config's trainer.devices)")
-    p.add_argument("--gpu-mem-gib", type=float, default=80.0, help="memory per GPU in GiB (default 80: A100/H100)")
-    p.add_argument("--tp", type=int, nargs="+", help="tensor-parallel sizes to try (default: divisors of GPUs/node)")
-    p.add_argument("--pp", type=int, nargs="+", help="pipeline-parallel sizes to try (default: divisors of layers)")
-    p.add_argument("--cp", type=int, nargs="+", help="context-parallel sizes to try (default: the config's)")
+    p.add_argument("--nodes", type=count, help="nodes (default: the config's trainer.num_nodes)")
+    p.add_argument("--gpus-per-node", type=count, help="GPUs per node (default: the config's trainer.devices)")
+    p.add_argument("--gpu-mem-gib", type=size, default=80.0, help="memory per GPU in GiB (default 80: A100/H100)")
+    p.add_argument("--tp", type=count, nargs="+", help="tensor-parallel sizes to try (default: divisors of GPUs/node)")
+    p.add_argument("--pp", type=count, nargs="+", help="pipeline-parallel sizes to try (default: divisors of layers)")
+    p.add_argument("--cp", type=count, nargs="+", help="context-parallel sizes to try (default: the config's)")
     p.add_argument(
         "--grad-dtype", choices=("fp32", "bf16"), default="fp32", help="gradient buffer dtype (default fp32)"
     )
-    p.add_argument("--overhead-gib", type=float, default=4.0, help="fixed per-GPU allowance (default 4 GiB)")
+    allowance = _number(float, allow_zero=True)
+    p.add_argument("--overhead-gib", type=allowance, default=4.0, help="fixed per-GPU allowance (default 4 GiB)")
     p.add_argument("--explain", action="store_true", help="print the formulas and the configured layout's terms")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--check", action="store_true", help="exit 1 if the configured layout does not fit")

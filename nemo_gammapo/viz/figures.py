@@ -146,8 +146,11 @@ def curves_frame(history: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(sorted(rows.values(), key=lambda r: r["step"]))
 
 
-def training_curves(history: Sequence[dict[str, Any]], gamma0: float, out_dir: Path) -> list[Path]:
-    """Loss, preference accuracy, γ statistics and margin from ``metrics.jsonl`` (2×2 panels)."""
+def training_curves(history: Sequence[dict[str, Any]], gamma0: float | None, out_dir: Path) -> list[Path]:
+    """Loss, preference accuracy, γ statistics and margin from ``metrics.jsonl`` (2×2 panels).
+
+    The γ0 reference line is drawn when ``gamma0`` is known (not ``None``).
+    """
     frame = curves_frame(history)
     fig, axes = plt.subplots(2, 2, figsize=(10.0, 7.0), sharex=True)
     for ax, key, ylabel in ((axes[0, 0], "loss", "preference loss"), (axes[0, 1], "acc", "preference accuracy")):
@@ -160,13 +163,15 @@ def training_curves(history: Sequence[dict[str, Any]], gamma0: float, out_dir: P
         ax.legend(fontsize=8)
     axes[0, 1].set_ylim(-0.02, 1.02)
     _band(axes[1, 0], frame, "train/gamma_po/gamma", "γ_i (train)", style.TRAIN)
-    axes[1, 0].axhline(gamma0, color=style.GAMMA0, ls="--", lw=1.0, label=f"γ0 = {gamma0:g}")
-    axes[1, 0].set_ylabel("target margin γ (β-scaled)")
-    axes[1, 0].legend(fontsize=8)
     _band(axes[1, 1], frame, "train/gamma_po/margin", "margin (train)", style.FULL)
-    axes[1, 1].axhline(gamma0, color=style.GAMMA0, ls="--", lw=1.0, label=f"γ0 = {gamma0:g}")
+    if gamma0 is not None:
+        for ax in axes[1]:
+            ax.axhline(gamma0, color=style.GAMMA0, ls="--", lw=1.0, label=f"γ0 = {gamma0:g}")
+    axes[1, 0].set_ylabel("target margin γ (β-scaled)")
     axes[1, 1].set_ylabel("reward margin m (β-scaled)")
-    axes[1, 1].legend(fontsize=8)
+    for ax in axes[1]:
+        if ax.get_legend_handles_labels()[0]:  # nothing to label without γ statistics and γ0
+            ax.legend(fontsize=8)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     for ax in axes[1]:
