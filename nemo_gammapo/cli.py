@@ -1,5 +1,6 @@
 """``nemo-gammapo`` — the command-line tools, one subcommand per module.
 
+    nemo-gammapo train ...    check a run, then start it with torchrun (nemo_gammapo.aligner.cli)
     nemo-gammapo data ...     preference data: convert, validate, inject label noise (nemo_gammapo.data)
     nemo-gammapo plan ...     parallel-layout memory planner (nemo_gammapo.launch.planner)
     nemo-gammapo plots ...    margin / γ figures from a run (nemo_gammapo.viz)
@@ -15,6 +16,7 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
+    "train": ("nemo_gammapo.aligner.cli", "check a training run, then start its workers with torchrun"),
     "data": ("nemo_gammapo.data.cli", "preference data tools (convert, validate, stats, flip)"),
     "plan": ("nemo_gammapo.launch.planner", "estimate per-GPU memory of TP/PP/DP layouts"),
     "plots": ("nemo_gammapo.viz.cli", "margin / γ figures from a training run"),

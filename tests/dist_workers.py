@@ -210,3 +210,71 @@ def same_state(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     return a == b
+
+
+def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Like :func:`aligner_runs_worker`, for runs that may stop on a user error.
+
+    A run entry may add ``poison_before_step: k``: just before training step ``k`` (0-based) every
+    weight is multiplied by NaN on every rank — a fault injected into the model, not into the guard.
+    A run that stops on a :class:`~nemo_gammapo.aligner.errors.UserError` returns ``{"error": str}``.
+    """
+    import os
+
+    from megatron.core import parallel_state
+    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
+
+    from nemo_gammapo.aligner import finite_guard
+    from nemo_gammapo.aligner.errors import UserError
+    from nemo_gammapo.testing.harness import free_port
+
+    upstream = finite_guard.GuardedDPOTrainer.train_single_step
+    results = []
+    for run in runs:
+        run = dict(run)
+        poison = run.pop("poison_before_step", None)
+
+        def train_single_step(self: Any, global_batch: Any, poison: int | None = poison) -> Any:
+            if poison is not None and self.step == poison:
+                with torch.no_grad():
+                    for p in self.model.parameters():
+                        p.mul_(float("nan"))
+            return upstream(self, global_batch)
+
+        finite_guard.GuardedDPOTrainer.train_single_step = train_single_step
+        try:
+            results.append(aligner_train_worker(rank, world_size, **run))
+        except UserError as e:
+            results.append({"error": str(e), "error_type": type(e).__name__})
+        finally:
+            finite_guard.GuardedDPOTrainer.train_single_step = upstream
+        port = [free_port() if rank == 0 else None]
+        dist.broadcast_object_list(port, src=0)
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        destroy_num_microbatches_calculator()
+        dist.destroy_process_group()
+        os.environ["MASTER_PORT"] = str(port[0])
+    return results
+
+
+def aligner_killed_in_save_worker(rank: int, world_size: int, run: dict[str, Any], kill_at_save: int) -> None:
+    """A training run whose processes all die (``os._exit(137)``, as under ``kill -9``) in the middle
+    of checkpoint save number ``kill_at_save``: its files are written, NeMo's ``-unfinished`` marker
+    is still in place (NeMo removes it only after the save returns)."""
+    import os
+
+    from lightning.pytorch import Trainer
+
+    upstream = Trainer.save_checkpoint
+    saves = [0]
+
+    def save_checkpoint(self: Trainer, *args: Any, **kwargs: Any) -> Any:
+        out = upstream(self, *args, **kwargs)
+        saves[0] += 1
+        if saves[0] == kill_at_save:
+            os._exit(137)
+        return out
+
+    Trainer.save_checkpoint = save_checkpoint
+    aligner_train_worker(rank, world_size, **run)

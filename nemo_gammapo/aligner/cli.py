@@ -1,0 +1,124 @@
+"""``nemo-gammapo train``: check the run in one light process, then start the workers with torchrun.
+
+    nemo-gammapo train --config-name tiny_cpu run_dir=runs/demo model.dpo.gamma.tau=5.0
+    nemo-gammapo train --nproc-per-node 8 --config-name llama3_8b_instruct pretrained_checkpoint...=...
+
+The configuration is composed exactly as ``examples/train_gpt_gammapo.py`` composes it (same
+``conf/`` folder, same Hydra overrides) and every start-up check runs here first
+(:mod:`nemo_gammapo.aligner.preflight`): a bad key, layout, batch, interval or data file stops
+with one line and exit code 2 before any worker, model or process group exists. Then torchrun's
+own launcher starts ``trainer.devices`` workers on this node (``--nnodes``/``--node-rank``/
+``--master-addr`` for several nodes). A worker that stops on a user error has already printed its
+one line, so its exit code is passed on without torchrun's failure report; any other failure gets
+one line naming the rank and exit code (its traceback is in the worker output above).
+For SLURM use ``examples/slurm/`` (srun starts the workers; the same checks run in every task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from nemo_gammapo.aligner.errors import ConfigError, UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRY = ROOT / "examples" / "train_gpt_gammapo.py"
+PROG = "nemo-gammapo train"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--config-name", default="gpt_gammapo", help="a config in --config-dir (default: gpt_gammapo)")
+    p.add_argument("--config-dir", type=Path, default=ROOT / "conf", help="folder of the Hydra configs")
+    p.add_argument("--nproc-per-node", type=int, default=None, help="workers on this node (default: trainer.devices)")
+    p.add_argument("--nnodes", type=int, default=None, help="nodes (default: trainer.num_nodes)")
+    p.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
+    p.add_argument("--master-addr", default="127.0.0.1", help="rank 0's address (multi-node)")
+    p.add_argument("--master-port", type=int, default=None, help="rank 0's port (default: a free one)")
+    p.add_argument("--check-only", action="store_true", help="run the start-up checks and exit")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.dpo.gamma.tau=5.0")
+    return p
+
+
+def compose(config_dir: Path, config_name: str, overrides: list[str]):  # -> DictConfig
+    """The run's configuration, as Hydra composes it for the entry point."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not OmegaConf.has_resolver("multiply"):  # NeMo's resolver, used by exp_manager settings
+        OmegaConf.register_new_resolver("multiply", lambda x, y: x * y)
+    if not (config_dir / f"{config_name}.yaml").is_file():
+        raise ConfigError(f"--config-name {config_name}: no {config_name}.yaml in {config_dir}")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
+            return hydra_compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(
+            "override: " + " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        ) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nemo_gammapo.aligner.preflight import preflight
+
+    try:
+        cfg = compose(args.config_dir, args.config_name, args.overrides)
+        nproc = args.nproc_per_node or cfg.trainer.devices
+        nnodes = args.nnodes or cfg.trainer.num_nodes
+        if (nproc, nnodes) != (cfg.trainer.devices, cfg.trainer.num_nodes):
+            raise ConfigError(
+                f"--nproc-per-node {nproc} / --nnodes {nnodes} disagree with trainer.devices={cfg.trainer.devices} / "
+                f"trainer.num_nodes={cfg.trainer.num_nodes}; set those keys instead"
+            )
+        checked = preflight(cfg, warn=lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    layout = checked["layout"]
+    print(
+        f"{PROG}: checks passed: {layout.world_size} processes (TP {layout.tensor} × PP {layout.pipeline} × "
+        f"CP {layout.context} × DP {layout.data}), {checked['pairs']['train']} training pairs, validation every "
+        f"{checked['val_check_interval']} steps",
+        flush=True,
+    )
+    if args.check_only:
+        return 0
+    return launch(args, nproc, nnodes)
+
+
+def launch(args: argparse.Namespace, nproc: int, nnodes: int) -> int:
+    """Start the workers with torchrun's launcher in this process; returns the job's exit code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    torchrun = [f"--nproc-per-node={nproc}", f"--nnodes={nnodes}"]
+    if nnodes == 1:
+        torchrun.append("--standalone")
+    else:
+        port = args.master_port or 29500
+        torchrun += [f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}", f"--master-port={port}"]
+    script = [str(ENTRY), "--config-dir", str(args.config_dir.resolve()), "--config-name", args.config_name]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # torchrun's agent logs each worker's exit; the workers' own messages (and ours below) say more.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(get_args_parser().parse_args([*torchrun, *script, *args.overrides]))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode not in {cls.exit_code for cls in _user_errors()}:
+            print(f"{PROG}: error: worker rank {rank} failed with exit code {failure.exitcode} (see its output above)")
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+def _user_errors() -> list[type[UserError]]:
+    from nemo_gammapo.aligner.errors import NonFiniteTraining, RunDirBusy
+
+    return [UserError, ConfigError, RunDirBusy, NonFiniteTraining]
