@@ -217,7 +217,8 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
 
     A run entry may add ``poison_before_step: k``: just before training step ``k`` (0-based) every
     weight is multiplied by NaN on every rank — a fault injected into the model, not into the guard.
-    A run that stops on a :class:`~nemo_gammapo.aligner.errors.UserError` returns ``{"error": str}``.
+    A run that stops on a :class:`~nemo_gammapo.aligner.errors.UserError` returns ``{"error": str}``;
+    every result lists the run's checkpoint directory as the run left it (``checkpoints_after``).
     """
     import os
 
@@ -248,6 +249,10 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
             results.append({"error": str(e), "error_type": type(e).__name__})
         finally:
             finite_guard.GuardedDPOTrainer.train_single_step = upstream
+        checkpoint_dir = Path(run["run_dir"]) / "checkpoints"
+        results[-1]["checkpoints_after"] = (
+            sorted(p.name for p in checkpoint_dir.iterdir()) if checkpoint_dir.is_dir() else []
+        )
         port = [free_port() if rank == 0 else None]
         dist.broadcast_object_list(port, src=0)
         if parallel_state.model_parallel_is_initialized():

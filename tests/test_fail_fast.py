@@ -292,6 +292,22 @@ def test_a_lock_from_another_host_is_stale_only_when_its_heartbeat_stops(tmp_pat
     lock.release()
 
 
+def test_a_requeued_slurm_job_takes_over_the_lock_of_its_earlier_incarnation(tmp_path, monkeypatch) -> None:
+    path = tmp_path / ".nemo_gammapo" / "lock.json"
+    path.parent.mkdir()
+    record = {"host": "other-node", "pid": 1, "slurm_job_id": "77", "slurm_restart_count": "0"}
+    path.write_text(json.dumps(record))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")  # the same incarnation on another node: a live holder
+    with pytest.raises(RunDirBusy, match="SLURM job 77"):
+        RunDirLock(tmp_path).acquire()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: the old lock is the job's own
+    lock = RunDirLock(tmp_path)
+    lock.acquire(warn=lambda _: None)
+    assert json.loads(path.read_text())["slurm_restart_count"] == "1"
+    lock.release()
+
+
 def test_the_holder_heartbeat_keeps_its_lock_fresh(tmp_path) -> None:
     lock = RunDirLock(tmp_path, heartbeat_s=0.05)
     lock.acquire()

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from nemo_gammapo.aligner.errors import ConfigError, UserError
+from nemo_gammapo.aligner.run_dir import RunDirLock
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "examples" / "train_gpt_gammapo.py"
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"trainer.num_nodes={cfg.trainer.num_nodes}; set those keys instead"
             )
         checked = preflight(cfg, warn=lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
+        RunDirLock(Path(cfg.exp_manager.explicit_log_dir)).check_free()
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -4,8 +4,10 @@
 with its host, PID, start time and SLURM job id, and refreshes its modification time every
 ``heartbeat_s`` seconds from a daemon thread. A second run finds the file and stops, naming the
 holder. A lock is *stale* — and is taken over with a warning — when its holder is on this host and
-its PID no longer exists, or when its heartbeat is older than ``stale_after_s`` (a holder on another
-node that died). The lock lives in a subdirectory because NeMo's ``exp_manager`` moves every plain
+its PID no longer exists, when its heartbeat is older than ``stale_after_s`` (a holder on another
+node that died), or when it was taken by an earlier incarnation of this same SLURM job (same
+``SLURM_JOB_ID``, another ``SLURM_RESTART_COUNT``: a requeued job may start on another node within
+seconds). The lock lives in a subdirectory because NeMo's ``exp_manager`` moves every plain
 file of the run directory into ``run_<N>/`` when a run resumes.
 
 **Workers.** ``torchrun`` starts its workers in their own sessions, so killing only ``torchrun``
@@ -73,8 +75,26 @@ class RunDirLock:
             return True
         if age > self.stale_after_s:
             return True
+        job = os.environ.get("SLURM_JOB_ID")
+        restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+        if job and record.get("slurm_job_id") == job and record.get("slurm_restart_count") != restart:
+            return True  # a SLURM job runs once at a time: this lock is from before a requeue
         same_host = record.get("host") == socket.gethostname()
         return same_host and isinstance(record.get("pid"), int) and not _pid_alive(record["pid"])
+
+    def _busy(self, record: dict[str, Any]) -> RunDirBusy:
+        job = f", SLURM job {record['slurm_job_id']}" if record.get("slurm_job_id") else ""
+        return RunDirBusy(
+            f"run_dir {self.path.parent.parent} is in use by another run (host {record.get('host', '?')}, "
+            f"PID {record.get('pid', '?')}{job}, since {record.get('started', '?')}); stop it first, or "
+            f"choose another run_dir. Lock file: {self.path}"
+        )
+
+    def check_free(self) -> None:
+        """Raise :class:`RunDirBusy` if a live run holds the lock (a launcher's early look; takes nothing)."""
+        record = self.holder()
+        if record is not None and not self.is_stale(record):
+            raise self._busy(record)
 
     def acquire(self, warn: Any = print) -> None:
         """Take the lock or raise :class:`RunDirBusy` naming the live holder."""
@@ -84,6 +104,7 @@ class RunDirLock:
             "pid": os.getpid(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT", "0"),
         }
         for _ in range(2):
             try:
@@ -95,12 +116,7 @@ class RunDirLock:
                 if record.get("host") == me["host"] and record.get("pid") == me["pid"]:
                     break  # this process already holds it (a second run in the same process)
                 if not self.is_stale(record):
-                    job = f", SLURM job {record['slurm_job_id']}" if record.get("slurm_job_id") else ""
-                    raise RunDirBusy(  # noqa: B904 - a verdict, not a failure of the open
-                        f"run_dir {self.path.parent.parent} is in use by another run (host {record.get('host', '?')}, "
-                        f"PID {record.get('pid', '?')}{job}, since {record.get('started', '?')}); stop it first, or "
-                        f"choose another run_dir. Lock file: {self.path}"
-                    )
+                    raise self._busy(record) from None
                 warn(f"WARNING: taking over the stale lock {self.path} of {record or 'an unreadable record'}")
                 self.path.unlink(missing_ok=True)
                 continue
