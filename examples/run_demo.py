@@ -40,12 +40,12 @@ TIMING_STEPS = 12
 
 def launch(run_dir: Path, nproc: int, overrides: list[str]) -> None:
     """Run one training job; show its progress bars compactly, keep the full log in run_dir/train.log."""
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    # The product launcher: start-up checks in this process, then torchrun's launcher for the workers.
     cmd = [
-        torchrun,
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        str(ROOT / "examples" / "train_gpt_gammapo.py"),
+        sys.executable,
+        "-m",
+        "nemo_gammapo.cli",
+        "train",
         "--config-name",
         "tiny_cpu",
         f"run_dir={run_dir}",

@@ -111,8 +111,13 @@ def test_entry_point_fails_at_start_up_naming_the_key(tmp_path) -> None:
         "model.dpo.gamma.tau=-1",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0
-    assert "model.dpo.gamma.tau: GammaConfig.tau must be a finite number > 0 (got -1)" in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if "error:" in line]
+    assert errors == [
+        "nemo-gammapo train: error: model.dpo.gamma.tau: GammaConfig.tau must be a finite number > 0 (got -1)"
+    ]
     assert not (tmp_path / "checkpoints").exists()
 
 
