@@ -6,9 +6,16 @@ pipeline p2p calls ``torch.cuda.synchronize()``. On a machine without CUDA (our 
 demo) these shims route each of those to the CPU so the *real* megatron-core code runs with gloo
 process groups. Each shim was found by running the code; each says what it replaces and why.
 
-Rules: this is the only module with CPU shims (mismatches between library *versions*, which
-apply on every device, are in :mod:`nemo_gammapo.version_adapters`); it refuses to do anything
-when CUDA is available (:func:`apply_cpu_patches` raises), and every patch is idempotent.
+Rules: every patch that replaces CUDA-only code for CPU runs lives here; none is applied when CUDA
+is available (:func:`apply_cpu_patches` and :func:`apply_nemo_cpu_patches` raise,
+:func:`maybe_apply_cpu_patches` returns ``False``), and every patch is idempotent.
+
+It is not the only place that patches a library at run time. Two others, for other reasons:
+
+* :mod:`nemo_gammapo.version_adapters` bridges mismatches between library *versions* (torch and
+  megatron-core) on every device, each adapter gated on a probe of the behaviour it fixes;
+* :func:`nemo_gammapo.data.sources.local_fs_compat` swaps ``datasets``' ``is_remote_filesystem``
+  check while a local file is loaded (datasets 2.14 with a newer fsspec), and restores it after.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Properties of the appendix-C γ solver (DESIGN §2)."""
+"""Properties of the paper's appendix-C γ solver, as stated in the README section "How γ is computed"."""
 
 import math
 

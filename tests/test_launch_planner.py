@@ -8,29 +8,94 @@ import pytest
 
 from nemo_gammapo.launch import planner
 from nemo_gammapo.launch.memory import GIB, Layout, Training, estimate, layer_activation_bytes_per_token
-from nemo_gammapo.launch.models import ModelShape, get_model
+from nemo_gammapo.launch.models import CONFIG_MODELS, MODELS, ModelShape, get_model
 
-# Llama-3-8B from its published config.json, counted here independently of the planner's table.
-H, LAYERS, HEADS, KV_HEADS, FFN, VOCAB = 4096, 32, 32, 8, 14336, 128256
+# Architectures from each model's published Hugging Face ``config.json`` (hidden_size, num_hidden_layers,
+# num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size, tie_word_embeddings,
+# Qwen2's attention bias), written out here so the count below is independent of the planner's table.
+ARCHITECTURES: dict[str, dict[str, int | bool]] = {
+    # meta-llama/Meta-Llama-3-8B(-Instruct)/config.json
+    "llama3-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, ffn=14336, vocab=128256),
+    # meta-llama/Meta-Llama-3-70B(-Instruct)/config.json
+    "llama3-70b": dict(hidden=8192, layers=80, heads=64, kv_heads=8, head_dim=128, ffn=28672, vocab=128256),
+    # mistralai/Mistral-7B-Instruct-v0.2/config.json (v0.1 has the same shape)
+    "mistral-7b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, head_dim=128, ffn=14336, vocab=32000),
+    # google/gemma-2-9b(-it)/config.json: head_dim 256 (≠ hidden/heads), tied embeddings, and four RMSNorms
+    # per layer (input, post-attention, pre- and post-feed-forward)
+    "gemma2-9b": dict(
+        hidden=3584, layers=42, heads=16, kv_heads=8, head_dim=256, ffn=14336, vocab=256000, tied=True, norms=4
+    ),
+    # Qwen/Qwen2.5-7B(-Instruct)/config.json; Qwen2 has biases on q, k and v
+    "qwen2.5-7b": dict(
+        hidden=3584, layers=28, heads=28, kv_heads=4, head_dim=128, ffn=18944, vocab=152064, qkv_bias=True
+    ),
+    # Qwen/Qwen2.5-32B(-Instruct)/config.json
+    "qwen2.5-32b": dict(
+        hidden=5120, layers=64, heads=40, kv_heads=8, head_dim=128, ffn=27648, vocab=152064, qkv_bias=True
+    ),
+}
+
+# Published parameter counts, in billions, and where they are published.
+PUBLISHED_BILLIONS: dict[str, float] = {
+    "llama3-8b": 8.03,  # Hugging Face model page of Meta-Llama-3-8B, safetensors "8.03B params"
+    "llama3-70b": 70.6,  # Hugging Face model page of Meta-Llama-3-70B, safetensors "70.6B params"
+    "mistral-7b": 7.24,  # Hugging Face model page of Mistral-7B-Instruct-v0.2, safetensors "7.24B params"
+    "gemma2-9b": 9.24,  # Hugging Face model page of gemma-2-9b, safetensors "9.24B params"
+    "qwen2.5-7b": 7.61,  # Qwen2.5-7B-Instruct model card: "Number of Parameters: 7.61B"
+    # Qwen2.5-32B-Instruct model card: "Number of Parameters: 32.5B". The config.json above counts 32.76 B
+    # (the Hugging Face page's safetensors total reads "32.8B params"), 0.8% above the card's figure.
+    "qwen2.5-32b": 32.5,
+}
+# The published figures are rounded to three digits (and the 32B card's is rounder still); 1% covers that and
+# still catches a wrong layer count, hidden or FFN width, or a tied / untied output layer.
+PUBLISHED_REL_TOL = 0.01
+
+
+def count_params(
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    ffn: int,
+    vocab: int,
+    tied: bool = False,
+    qkv_bias: bool = False,
+    norms: int = 2,
+) -> int:
+    """Parameters of a gated-MLP (SwiGLU / GeGLU) decoder, counted tensor by tensor as Hugging Face stores it."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    attention = hidden * q + 2 * hidden * kv + q * hidden  # q_proj, k_proj + v_proj, o_proj
+    attention += (q + 2 * kv) if qkv_bias else 0
+    mlp = 3 * hidden * ffn  # gate_proj, up_proj, down_proj
+    per_layer = attention + mlp + norms * hidden
+    embeddings = vocab * hidden * (1 if tied else 2)  # embed_tokens (+ lm_head when untied)
+    return layers * per_layer + embeddings + hidden  # + the final norm
 
 
 def llama3_8b_params() -> int:
-    d = H // HEADS
-    attention = 2 * H * H + 2 * H * KV_HEADS * d  # q, o + k, v
-    mlp = 3 * H * FFN  # gate, up, down
-    norms = 2 * H
-    return LAYERS * (attention + mlp + norms) + 2 * VOCAB * H + H  # untied embedding + output, final norm
+    """Llama-3-8B's parameter count from its config.json (for the bytes-per-parameter cases)."""
+    return count_params(**ARCHITECTURES["llama3-8b"])
 
 
 def static_gib(e) -> float:
     return (e.weights + e.grads + e.optimizer) / GIB
 
 
-def test_param_counts_match_published_sizes() -> None:
-    assert get_model("llama3-8b").total_params() == llama3_8b_params()
-    assert get_model("llama3-8b").total_params() / 1e9 == pytest.approx(8.03, abs=0.01)
-    assert get_model("llama3_70b_instruct").total_params() / 1e9 == pytest.approx(70.55, abs=0.01)
-    assert get_model("qwen25_32b_instruct").total_params() / 1e9 == pytest.approx(32.76, abs=0.01)
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_param_counts_match_published_sizes(name: str) -> None:
+    """The planner's table, an independent count from config.json, and the published size all agree."""
+    independent = count_params(**ARCHITECTURES[name])
+    planner_count = get_model(name).total_params()
+    assert planner_count == independent  # same architecture numbers, counted two ways
+    published = PUBLISHED_BILLIONS[name] * 1e9
+    assert independent == pytest.approx(published, rel=PUBLISHED_REL_TOL)
+    assert planner_count == pytest.approx(published, rel=PUBLISHED_REL_TOL)
+
+
+def test_every_planner_model_has_a_published_size() -> None:
+    assert set(MODELS) == set(ARCHITECTURES) == set(PUBLISHED_BILLIONS)
+    assert {get_model(config).name for config in CONFIG_MODELS} == set(MODELS)
 
 
 @pytest.mark.parametrize(

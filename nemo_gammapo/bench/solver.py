@@ -1,7 +1,7 @@
 """γ solver + margin queue cost per micro-batch: ours vs. the authors' style.
 
-"Authors' style" is our own re-implementation of how the reference code is organised (DESIGN
-§2): margins kept in a Python ``deque``, the queued sample drawn with ``random.sample``, the solve
+"Authors' style" is our own re-implementation of how the authors' reference code is organised:
+margins kept in a Python ``deque``, the queued sample drawn with ``random.sample``, the solve
 set rebuilt as a tensor from a Python list, the solver written as the literal multiplicative
 update on ``p``, and γ taken back to the host with ``.tolist()`` every micro-batch. Ours is
 :class:`GammaMarginPolicy` (tensor ring buffer, seeded sampling, log-domain solver), eager and

@@ -16,6 +16,12 @@ newer fsspec reports the local protocol as ``("file", "local")``, which datasets
 remote filesystem ("Loading a dataset cached in a LocalFileSystem is not supported"), and it
 rejects datasets' ``**`` data-file patterns. :func:`local_fs_compat` corrects the first check while
 loading; explicit file lists avoid the second.
+
+:func:`local_fs_compat` is a run-time patch of a third-party library, like the CPU shims in
+:mod:`nemo_gammapo.cpu_compat` and the version adapters in :mod:`nemo_gammapo.version_adapters`,
+but scoped: when fsspec's local protocol is not plain ``"file"``, it replaces ``is_remote_filesystem``
+in three ``datasets`` modules for the duration of a ``with`` block (on every device) and puts the
+originals back when the block exits.
 """
 
 from __future__ import annotations

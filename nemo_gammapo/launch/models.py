@@ -1,8 +1,11 @@
 """Architecture table for the models our configs train, and their parameter counts.
 
 The model shape of a real run comes from the ``.nemo`` checkpoint at restore time, so the planner
-keeps its own copy of the numbers it needs (taken from each model's published ``config.json``).
-Parameter counts are exact for these decoder-only layouts up to the few norm weights.
+keeps its own copy of the numbers it needs, taken from each model's published Hugging Face
+``config.json`` (named beside each entry). :meth:`ModelShape.total_params` counts every weight of
+these decoder-only layouts, norms and biases included; ``tests/test_launch_planner.py`` checks it
+against an independent count from the same ``config.json`` numbers and against the published
+sizes (within 1%: those are rounded).
 """
 
 from __future__ import annotations
@@ -67,11 +70,17 @@ class ModelShape:
 MODELS: dict[str, ModelShape] = {
     m.name: m
     for m in (
+        # meta-llama/Meta-Llama-3-8B-Instruct/config.json: 8.03 B
         ModelShape("llama3-8b", hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256),
+        # meta-llama/Meta-Llama-3-70B-Instruct/config.json: 70.55 B
         ModelShape("llama3-70b", hidden=8192, layers=80, heads=64, kv_heads=8, ffn=28672, vocab=128256),
+        # mistralai/Mistral-7B-Instruct-v0.2/config.json: 7.24 B
         ModelShape("mistral-7b", hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=32000),
+        # Qwen/Qwen2.5-7B-Instruct/config.json (q/k/v biases): 7.62 B
         ModelShape("qwen2.5-7b", hidden=3584, layers=28, heads=28, kv_heads=4, ffn=18944, vocab=152064, qkv_bias=True),
+        # Qwen/Qwen2.5-32B-Instruct/config.json (q/k/v biases): 32.76 B (its model card says 32.5 B)
         ModelShape("qwen2.5-32b", hidden=5120, layers=64, heads=40, kv_heads=8, ffn=27648, vocab=152064, qkv_bias=True),
+        # google/gemma-2-9b-it/config.json (head_dim 256, tied embeddings, 4 norms per layer): 9.24 B
         ModelShape(
             "gemma2-9b",
             hidden=3584,
