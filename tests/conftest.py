@@ -7,7 +7,7 @@ import pytest
 import torch
 from dist_workers import aligner_runs_worker
 
-from nemo_gammapo.testing.harness import run_on_ranks
+from nemo_gammapo.distributed.process_groups import run_on_ranks
 
 ALIGNER_STEPS = 40
 ALIGNER_LOSSES = {

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from nemo_gammapo.testing.harness import run_on_ranks
+from nemo_gammapo.distributed.process_groups import run_on_ranks
 
 
 def test_clip_counts_a_pipeline_shared_parameter_once() -> None:

@@ -89,7 +89,7 @@ def test_gamma_dumps_match_logged_metrics(trained) -> None:
 
     Every registry loss dumps margins and losses; only γ-PO losses have a γ column with values.
     """
-    from nemo_gammapo.aligner.dumps import read_dumps
+    from nemo_gammapo.artifacts.dumps import read_dumps
 
     loss, run_dir, results = trained
     dumps = read_dumps(run_dir)

@@ -1,26 +1,171 @@
-"""Smoke runs of every benchmark: one tiny iteration each, structure checked, no timing asserted."""
+"""Benchmarks: the timing and ratio arithmetic on fabricated histories with known answers, the result
+fields against the columns ``docs/benchmarks.md`` shows, and one tiny smoke run of each benchmark.
+
+No test asserts a measured time; the smoke runs check the structure and the internal consistency
+of what a real run writes (each ratio is the quotient of the times it reports).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
+from nemo_gammapo.bench import common
 from nemo_gammapo.cli import main as cli_main
 
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTIONS = {"1": "solver", "2": "step", "3": "nemo"}  # "## <n>. …" section of docs/benchmarks.md
+COMPILED_ONLY = {"ours_compiled_ms", "speedup_compiled"}  # solver columns of a --compile'd solver only
 
-def _finite_positive(value: float) -> bool:
-    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+def documented_columns() -> dict[str, list[str]]:
+    """Per benchmark, the columns of the first result table under its section of docs/benchmarks.md."""
+    columns: dict[str, list[str]] = {}
+    for match in re.finditer(r"^## (\d)\. .*?^```\n(.*?)\n(-[- ]*)\n", DOCS.read_text(encoding="utf-8"), re.M | re.S):
+        number, header = match.group(1), match.group(2).splitlines()[-1]
+        if number in SECTIONS:
+            columns[SECTIONS[number]] = header.split()
+    assert set(columns) == set(SECTIONS.values()), f"result tables not found in {DOCS}: {columns}"
+    return columns
 
 
-def test_solver_benchmark_smoke(tmp_path) -> None:
+class FakeClock:
+    """``perf_counter`` stand-in: time moves only when a timed function says how long it took."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.calls: list[str] = []
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def step(self, name: str, durations: list[float]) -> Any:
+        remaining = iter(durations)
+
+        def fn() -> None:
+            self.calls.append(name)
+            self.now += next(remaining)
+
+        return fn
+
+
+# ------------------------------------------------------------------ arithmetic, known answers
+
+
+def test_median_seconds_skips_the_warmup_calls_and_takes_the_median(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    fn = clock.step("f", [100.0, 50.0, 3.0, 1.0, 8.0, 2.0])
+    assert common.median_seconds(fn, repeats=4, warmup=2) == 2.5  # median of 3, 1, 8, 2
+    assert clock.calls == ["f"] * 6
+
+
+def test_alternating_times_alternates_the_steps_and_drops_the_warmup_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(common, "time", SimpleNamespace(perf_counter=clock.perf_counter))
+    steps = {"gamma": clock.step("gamma", [9.0, 1.0, 2.0, 4.0]), "base": clock.step("base", [7.0, 3.0, 1.0, 1.0])}
+    times = common.alternating_times(steps, rounds=4)
+    assert clock.calls == ["gamma", "base"] * 4
+    assert times == {"gamma": [1.0, 2.0, 4.0], "base": [3.0, 1.0, 1.0]}
+
+
+def test_training_step_row_is_the_ratio_of_median_step_times() -> None:
+    from nemo_gammapo.bench.train_step import pair_row
+
+    times = {"gamma_simpo": [0.3, 0.1, 0.2], "simpo": [0.1, 0.4, 0.1, 0.2]}
+    row = pair_row("tp1-pp1-dp2-mb1", "gamma_simpo", "simpo", times, peak_rss=512.0)
+    assert row["gamma_ms"] == pytest.approx(200.0) and row["base_ms"] == pytest.approx(150.0)
+    assert row["ratio"] == pytest.approx(4 / 3)
+    assert (row["layout"], row["loss"], row["base"], row["peak_rss_mib"]) == (
+        "tp1-pp1-dp2-mb1",
+        "gamma_simpo",
+        "simpo",
+        512.0,
+    )
+    assert list(row) == documented_columns()["step"]
+
+
+def _history(wall_times: list[float], step_times: list[float]) -> list[dict[str, Any]]:
+    history: list[dict[str, Any]] = [
+        {"step": i, "wall_time": w, "train/loss": 0.5, "train/step_time": s}
+        for i, (w, s) in enumerate(zip(wall_times, step_times, strict=True))
+    ]
+    history.insert(2, {"step": 1, "wall_time": 1000.0, "val/loss": 0.6})  # not a training step: ignored
+    return history
+
+
+def test_nemo_row_uses_median_gaps_between_training_steps_and_median_step_time() -> None:
+    from nemo_gammapo.bench.nemo_step import comparison_row, loss_summary
+
+    simpo = loss_summary(_history([10.0, 11.0, 13.0, 16.0, 16.5], [0.4, 0.2, 0.9, 0.3, 0.5]), [500.0, 700.0])
+    assert simpo == {"wall_s": 1.5, "compute_s": 0.4, "peak_rss_mib": 700.0}  # gaps 1, 2, 3, 0.5
+    dpo = loss_summary(_history([0.0, 2.0, 4.0], [0.5, 0.5, 0.6]), [800.0, 600.0])
+    assert dpo == {"wall_s": 2.0, "compute_s": 0.5, "peak_rss_mib": 800.0}
+    row = comparison_row(simpo, dpo)
+    assert row == pytest.approx(
+        {
+            "simpo_wall_ms": 1500.0,
+            "dpo_wall_ms": 2000.0,
+            "wall_ratio": 0.75,
+            "simpo_step_ms": 400.0,
+            "dpo_step_ms": 500.0,
+            "step_ratio": 0.8,
+            "simpo_peak_rss_mib": 700.0,
+            "dpo_peak_rss_mib": 800.0,
+        }
+    )
+    assert list(row) == documented_columns()["nemo"]
+
+
+def test_gpu_numbers_from_step_times() -> None:
+    from nemo_gammapo.bench.gpu import DRY_RUN_SHAPE, flops_per_token, step_numbers
+
+    times = {"gamma_simpo": [0.5, 0.25, 1.0], "simpo": [0.25, 0.125, 0.5, 0.25]}
+    # flops_per_token · 128 tokens/s / peak = 0.5 exactly at this peak
+    peak = flops_per_token(DRY_RUN_SHAPE, 32) * 128 / 0.5 / 1e12
+    numbers = step_numbers(times, DRY_RUN_SHAPE, seq=32, batch_seqs=2, peak_tflops=peak)
+    assert numbers == pytest.approx(
+        {"gamma_step_ms": 500.0, "base_step_ms": 250.0, "gamma_overhead_ratio": 2.0, "tokens_per_s": 128.0, "mfu": 0.5}
+    )
+    assert math.isnan(step_numbers(times, DRY_RUN_SHAPE, seq=32, batch_seqs=2, peak_tflops=None)["mfu"])
+
+
+def test_committed_results_have_the_documented_columns() -> None:
+    """docs/benchmarks.json (the raw results the tables in the docs were copied from) has their columns."""
+    columns = documented_columns()
+    results = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    for name, expected in columns.items():
+        assert [list(row) for row in results[name]] == [expected] * len(results[name]), name
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "fast"])
+def test_peak_tflops_must_be_a_positive_number(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["bench", "gpu", "--dry-run", "--peak-tflops", value])
+    assert exit_info.value.code == 2 and "--peak-tflops" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ one tiny run of each benchmark
+
+
+def test_solver_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "solver.json"
     assert cli_main(["bench", "solver", "--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    row = result["solver"][0]
-    assert row["solve_size"] == 64 and _finite_positive(row["speedup_eager"])
-    assert result["machine"]["torch"]
+    (row,) = result["solver"]
+    assert list(row) == [c for c in documented_columns()["solver"] if c not in COMPILED_ONLY]  # smoke: eager only
+    assert (row["solve_size"], row["microbatch"]) == (64, 8)
+    assert row["speedup_eager"] == pytest.approx(row["authors_style_ms"] / row["ours_eager_ms"])
+    assert result["smoke"] is True and result["machine"]["torch"]
 
 
 def test_authors_style_reference_computes_gamma_with_mean_gamma0() -> None:
@@ -37,36 +182,47 @@ def test_authors_style_reference_computes_gamma_with_mean_gamma0() -> None:
 
 
 @pytest.mark.distributed
-def test_training_step_benchmark_smoke(tmp_path) -> None:
+def test_training_step_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "step.json"
     assert cli_main(["bench", "step", "--smoke", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["step"]
-    assert {(r["loss"], r["base"]) for r in rows} == {("gamma_simpo", "simpo"), ("gamma_dpo", "dpo")}
-    assert all(_finite_positive(r["ratio"]) and r["peak_rss_mib"] > 0 for r in rows)
+    assert [(r["layout"], r["loss"], r["base"]) for r in rows] == [
+        ("tp1-pp1-dp1-mb2", "gamma_simpo", "simpo"),
+        ("tp1-pp1-dp1-mb2", "gamma_dpo", "dpo"),
+    ]
+    for row in rows:
+        assert list(row) == documented_columns()["step"]
+        assert row["ratio"] == pytest.approx(row["gamma_ms"] / row["base_ms"])
 
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_nemo_path_benchmark_smoke(tmp_path) -> None:
+def test_nemo_path_benchmark_smoke(tmp_path: Path) -> None:
     out = tmp_path / "nemo.json"
     assert cli_main(["bench", "nemo", "--smoke", "--out", str(out)]) == 0
-    row = json.loads(out.read_text())["nemo"][0]
-    assert _finite_positive(row["wall_ratio"]) and _finite_positive(row["step_ratio"])
-    assert row["simpo_peak_rss_mib"] > 0 and row["dpo_peak_rss_mib"] > 0
+    (row,) = json.loads(out.read_text())["nemo"]
+    assert list(row) == documented_columns()["nemo"]
+    assert row["wall_ratio"] == pytest.approx(row["simpo_wall_ms"] / row["dpo_wall_ms"])
+    assert row["step_ratio"] == pytest.approx(row["simpo_step_ms"] / row["dpo_step_ms"])
 
 
-def test_gpu_benchmark_dry_run(tmp_path) -> None:
-    """The GPU benchmark's CPU dry run: same code path, tiny shapes, one iteration."""
+def test_gpu_benchmark_dry_run(tmp_path: Path) -> None:
+    """The GPU benchmark's CPU dry run: same code path, tiny shapes, one iteration, MFU against --peak-tflops."""
+    from nemo_gammapo.bench.gpu import DRY_RUN_SHAPE, flops_per_token
+
     out = tmp_path / "gpu.json"
     code = (
         "import sys; from nemo_gammapo.cli import main; "
-        f"sys.exit(main(['bench', 'gpu', '--dry-run', '--out', {str(out)!r}]))"
+        f"sys.exit(main(['bench', 'gpu', '--dry-run', '--peak-tflops', '0.001', '--out', {str(out)!r}]))"
     )
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    row = json.loads(out.read_text())["gpu"][0]
-    assert row["device"] == "cpu (dry run)" and row["layers"] == 2
-    assert _finite_positive(row["gamma_overhead_ratio"]) and _finite_positive(row["tokens_per_s"])
+    (row,) = json.loads(out.read_text())["gpu"]
+    assert (row["device"], row["layers"], row["seq"], row["sync_free_checked"]) == ("cpu (dry run)", 2, 32, False)
+    # docs/benchmarks.md §4: "reports tokens/s, MFU, the γ-SimPO/SimPO step ratio" and the sync check
+    section = DOCS.read_text(encoding="utf-8").split("## 4.")[1]
+    for phrase in ("tokens/s", "MFU", "γ-SimPO/SimPO step", 'set_sync_debug_mode("error")'):
+        assert phrase in section, phrase
+    assert row["gamma_overhead_ratio"] == pytest.approx(row["gamma_step_ms"] / row["base_step_ms"])
+    assert row["tokens_per_s"] == pytest.approx(2 * 32 / (row["gamma_step_ms"] / 1e3))
+    assert row["mfu"] == pytest.approx(flops_per_token(DRY_RUN_SHAPE, 32) * row["tokens_per_s"] / 1e9)

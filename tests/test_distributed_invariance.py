@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from nemo_gammapo.testing.harness import run_on_ranks
+from nemo_gammapo.distributed.process_groups import run_on_ranks
 from nemo_gammapo.testing.layouts import checkpoint_worker, job, train_layouts_worker
 
 pytestmark = pytest.mark.distributed

@@ -4,7 +4,7 @@ import pytest
 import torch
 from dist_workers import gather_worker, logprobs_worker
 
-from nemo_gammapo.testing.harness import run_on_ranks
+from nemo_gammapo.distributed.process_groups import run_on_ranks
 
 pytestmark = pytest.mark.distributed
 

@@ -27,7 +27,7 @@ from dist_workers import aligner_fault_runs_worker, aligner_killed_in_save_worke
 
 from nemo_gammapo.aligner.checkpoints import SET_ASIDE_DIR, UNFINISHED_SUFFIX
 from nemo_gammapo.aligner.run_dir import RunDirLock
-from nemo_gammapo.testing.harness import run_on_ranks
+from nemo_gammapo.distributed.process_groups import run_on_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -38,7 +38,7 @@ import pytest
 import torch
 from dist_workers import aligner_runs_worker, checkpoint_tensors, same_state
 
-from nemo_gammapo.testing.harness import run_on_ranks
+from nemo_gammapo.distributed.process_groups import run_on_ranks
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

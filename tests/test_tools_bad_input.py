@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nemo_gammapo.aligner.report import HistoryError, metrics_files, read_history, results_table
+from nemo_gammapo.aligner.report import results_table
+from nemo_gammapo.artifacts.metrics import HistoryError, metrics_files, read_history
 from nemo_gammapo.data import cli as data_cli
 from nemo_gammapo.launch import planner
 from nemo_gammapo.viz import cli as plots_cli
@@ -145,7 +146,7 @@ def test_corrupt_parquet_is_skipped_by_name(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_dump_missing_a_column_is_skipped_by_name(tmp_path: Path) -> None:
-    from nemo_gammapo.aligner.dumps import read_dumps
+    from nemo_gammapo.artifacts.dumps import read_dumps
 
     run = tmp_path / "run"
     write_dump(run, 0)

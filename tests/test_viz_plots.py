@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from nemo_gammapo.aligner.dumps import read_dumps
+from nemo_gammapo.artifacts.dumps import read_dumps
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -3,12 +3,14 @@
 nemo-gammapo bench all --out docs/benchmarks.json      # the CPU benchmarks (several minutes)
 nemo-gammapo bench solver|step|nemo|gpu [--smoke]       # one of them; --smoke: one tiny iteration
 nemo-gammapo bench gpu [--dry-run]                      # GPU benchmark (or its CPU dry run)
+nemo-gammapo bench gpu --peak-tflops 400                # MFU against this dense BF16 peak (TFLOP/s)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,10 +45,10 @@ def _nemo(smoke: bool) -> list[dict[str, Any]]:
         return nemo_step.run(Path(tmp), steps=3 if smoke else 16)
 
 
-def _gpu(smoke: bool, dry_run: bool) -> list[dict[str, Any]]:
+def _gpu(smoke: bool, dry_run: bool, peak_tflops: float | None = None) -> list[dict[str, Any]]:
     from nemo_gammapo.bench import gpu
 
-    return [gpu.run(dry_run=dry_run or smoke)]
+    return [gpu.run(dry_run=dry_run or smoke, peak_tflops=peak_tflops)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,14 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="one tiny iteration each (for CI; no timing value)")
     parser.add_argument("--dry-run", action="store_true", help="gpu: run on CPU with tiny shapes")
     parser.add_argument("--compile", action="store_true", help="step: γ losses use the torch.compile'd solver")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="gpu: the device's dense BF16 peak in TFLOP/s for MFU (default: from the device name; MFU is NaN "
+        "for a device not in nemo_gammapo.bench.gpu.PEAK_TFLOPS)",
+    )
     parser.add_argument("--out", type=Path, help="write results as JSON here")
     args = parser.parse_args(argv)
+    if args.peak_tflops is not None and not (args.peak_tflops > 0 and math.isfinite(args.peak_tflops)):
+        parser.error(f"argument --peak-tflops: must be > 0 (got {args.peak_tflops})")
 
     names = ["solver", "step", "nemo"] if args.which == "all" else [args.which]
     results: dict[str, Any] = {"machine": machine_info(), "smoke": args.smoke}
     for name in names:
         if name == "gpu":
-            rows = _gpu(args.smoke, args.dry_run)
+            rows = _gpu(args.smoke, args.dry_run, args.peak_tflops)
         elif name == "step":
             rows = _step(args.smoke, args.compile)
         else:

@@ -25,12 +25,31 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> floa
     return statistics.median(times)
 
 
+def alternating_times(
+    steps: dict[str, Callable[[], Any]], rounds: int, warmup_rounds: int = 1
+) -> dict[str, list[float]]:
+    """Wall seconds of each of ``steps``, called in turn, round after round, so all see the same machine state.
+
+    Runs ``rounds`` rounds; the first ``warmup_rounds`` (allocations, compilation) are not recorded,
+    so each list holds ``rounds - warmup_rounds`` times, in round order.
+    """
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(rounds):
+        for name, fn in steps.items():
+            start = time.perf_counter()
+            fn()
+            if round_index >= warmup_rounds:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process so far, MiB."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def machine_info() -> dict[str, Any]:
+    """Python, torch, CPU, thread and CUDA facts stored with every result file."""
     info = {
         "python": platform.python_version(),
         "torch": torch.__version__,

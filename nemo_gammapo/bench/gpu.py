@@ -6,25 +6,24 @@ An 8B-shaped GPT (Llama-3-8B widths: hidden 4096, 32 heads, 8 KV groups, FFN 143
 (alternating steps in one process) and checks that the γ path performs no device→host sync
 (``torch.cuda.set_sync_debug_mode("error")`` around the loss).
 
-    python -m nemo_gammapo.cli bench gpu                # on a GPU machine
-    python -m nemo_gammapo.cli bench gpu --dry-run      # CPU, tiny shapes, one iteration
+    python -m nemo_gammapo.cli bench gpu                     # on a GPU machine
+    python -m nemo_gammapo.cli bench gpu --dry-run           # CPU, tiny shapes, one iteration
+    python -m nemo_gammapo.cli bench gpu --peak-tflops 400   # MFU against this peak (a GPU not in the table)
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import time
 from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from nemo_gammapo.launch.models import ModelShape, get_model
 
-# Dense BF16 peak, TFLOP/s, for the MFU denominator (override with --peak-tflops).
+# Dense BF16 peak, TFLOP/s, for the MFU denominator, by device name (``bench gpu --peak-tflops`` overrides it).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
 
 
@@ -45,13 +44,32 @@ def flops_per_token(shape: ModelShape, seq: int) -> float:
     return 6 * shape.total_params() + 12 * shape.layers * shape.hidden * seq
 
 
+def step_numbers(
+    times: dict[str, list[float]], shape: ModelShape, seq: int, batch_seqs: int, peak_tflops: float | None
+) -> dict[str, float]:
+    """Median step times (ms) of γ-SimPO and SimPO, their ratio, γ-SimPO's tokens/s and its MFU.
+
+    ``times`` holds each loss's step seconds; MFU is ``flops_per_token · tokens/s / peak`` and
+    NaN without a peak (CPU, or a GPU not in :data:`PEAK_TFLOPS`).
+    """
+    g, b = statistics.median(times["gamma_simpo"]), statistics.median(times["simpo"])
+    tokens_per_s = batch_seqs * seq / g
+    return {
+        "gamma_step_ms": 1e3 * g,
+        "base_step_ms": 1e3 * b,
+        "gamma_overhead_ratio": g / b,
+        "tokens_per_s": tokens_per_s,
+        "mfu": flops_per_token(shape, seq) * tokens_per_s / (peak_tflops * 1e12) if peak_tflops else float("nan"),
+    }
+
+
 def _build(shape: ModelShape, seq: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
     from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from nemo_gammapo.testing.tiny_gpt import unfused_transformer_config
+    from nemo_gammapo.models.tiny_gpt import unfused_transformer_config
 
     parallel_state.initialize_model_parallel(1, 1)
     model_parallel_cuda_manual_seed(0)
@@ -97,6 +115,8 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from nemo_gammapo.distributed.process_groups import init_single_process_group
+
     cuda = torch.cuda.is_available() and not dry_run
     if not cuda:
         from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
@@ -108,10 +128,7 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
     seq = SEQ if cuda else DRY_RUN_SEQ
     steps = 1 if dry_run else steps
     batch_seqs = 2  # one preference pair: chosen + rejected
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29533")
-        dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1)
+    init_single_process_group("nccl" if cuda else "gloo")
     if cuda and shape.layers == 0:
         free, _ = torch.cuda.mem_get_info()
         shape = replace(shape, layers=layers_that_fit(shape, seq, free, batch_seqs))
@@ -164,20 +181,13 @@ def run(dry_run: bool = False, layers: int = 0, steps: int = 10, peak_tflops: fl
                 torch.cuda.synchronize()
             if i > 0 or dry_run:
                 times[name].append(time.perf_counter() - start)
-    g, b = statistics.median(times["gamma_simpo"]), statistics.median(times["simpo"])
-    tokens_per_s = batch_seqs * seq / g
-    peak = peak_tflops or _peak_tflops()
     result = {
         "device": torch.cuda.get_device_name() if cuda else "cpu (dry run)",
         "dtype": str(dtype).replace("torch.", ""),
         "layers": shape.layers,
         "params_b": shape.total_params() / 1e9,
         "seq": seq,
-        "gamma_step_ms": 1e3 * g,
-        "base_step_ms": 1e3 * b,
-        "gamma_overhead_ratio": g / b,
-        "tokens_per_s": tokens_per_s,
-        "mfu": (flops_per_token(shape, seq) * tokens_per_s / (peak * 1e12)) if peak else float("nan"),
+        **step_numbers(times, shape, seq, batch_seqs, peak_tflops or _peak_tflops()),
         "sync_free_checked": cuda,
     }
     parallel_state.destroy_model_parallel()

@@ -8,6 +8,7 @@ per-step work), median ``step_time`` (forward/backward/optimizer only) and peak 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,15 @@ LOSSES = {
 }
 
 
-def nemo_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> dict[str, Any]:
-    """Harness worker: one tiny_cpu training run; returns its history and peak memory."""
+def train_preset(world_size: int, run_dir: str, overrides: list[str], config_name: str = "tiny_cpu") -> Any:
+    """Train ``<config dir>/<config_name>.yaml`` (with ``overrides``) in this rank; returns its ``TrainResult``.
+
+    For a rank started by :func:`~nemo_gammapo.distributed.process_groups.run_on_ranks` with
+    ``init_process_group=False`` (PyTorch Lightning creates the group from the torchrun environment).
+    ``run_dir`` and ``trainer.devices = world_size`` are set before ``overrides``. The working
+    directory becomes the repository root, which the presets' relative data paths (``data/demo/``)
+    are relative to; the NeMo CPU patches are applied when CUDA is absent.
+    """
     os.chdir(ROOT)
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
@@ -29,17 +37,51 @@ def nemo_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) 
     from hydra import compose, initialize_config_dir
 
     from nemo_gammapo.aligner.train import train
+    from nemo_gammapo.configs import config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("tiny_cpu", overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
-    result = train(cfg)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose(config_name, overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
+    return train(cfg)
+
+
+def nemo_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> dict[str, Any]:
+    """Harness worker: one tiny_cpu training run; returns its history and peak memory."""
+    result = train_preset(world_size, run_dir, overrides)
     return {"history": result.history, "peak_rss_mib": peak_rss_mib()}
+
+
+def loss_summary(history: Sequence[dict[str, Any]], peak_rss_mibs: Sequence[float]) -> dict[str, float]:
+    """One loss's numbers from its metric history and its ranks' peak memory (MiB).
+
+    ``wall_s``: median wall seconds between consecutive training steps; ``compute_s``: median of
+    NeMo-Aligner's ``train/step_time``; ``peak_rss_mib``: the largest over the ranks.
+    """
+    from nemo_gammapo.aligner.report import step_compute_seconds, step_seconds
+
+    return {
+        "wall_s": step_seconds(history),
+        "compute_s": step_compute_seconds(history),
+        "peak_rss_mib": max(peak_rss_mibs),
+    }
+
+
+def comparison_row(simpo: dict[str, float], dpo: dict[str, float]) -> dict[str, float]:
+    """The result row: both losses' times (ms) and memory, and the γ-SimPO / γ-DPO ratios."""
+    return {
+        "simpo_wall_ms": 1e3 * simpo["wall_s"],
+        "dpo_wall_ms": 1e3 * dpo["wall_s"],
+        "wall_ratio": simpo["wall_s"] / dpo["wall_s"],
+        "simpo_step_ms": 1e3 * simpo["compute_s"],
+        "dpo_step_ms": 1e3 * dpo["compute_s"],
+        "step_ratio": simpo["compute_s"] / dpo["compute_s"],
+        "simpo_peak_rss_mib": simpo["peak_rss_mib"],
+        "dpo_peak_rss_mib": dpo["peak_rss_mib"],
+    }
 
 
 def run(out_dir: Path, steps: int = 16) -> list[dict[str, Any]]:
     """Train each loss for ``steps`` steps (validation and mid-run checkpoints off) and compare."""
-    from nemo_gammapo.aligner.report import step_compute_seconds, step_seconds
-    from nemo_gammapo.testing.harness import run_on_ranks
+    from nemo_gammapo.distributed.process_groups import run_on_ranks
 
     results = {}
     for loss, extra in LOSSES.items():
@@ -53,21 +95,5 @@ def run(out_dir: Path, steps: int = 16) -> list[dict[str, Any]]:
         ranks = run_on_ranks(
             nemo_worker, 2, 900, {"run_dir": str(out_dir / loss), "overrides": overrides}, init_process_group=False
         )
-        results[loss] = {
-            "wall_s": step_seconds(ranks[0]["history"]),
-            "compute_s": step_compute_seconds(ranks[0]["history"]),
-            "peak_rss_mib": max(r["peak_rss_mib"] for r in ranks),
-        }
-    s, d = results["gamma_simpo"], results["gamma_dpo"]
-    return [
-        {
-            "simpo_wall_ms": 1e3 * s["wall_s"],
-            "dpo_wall_ms": 1e3 * d["wall_s"],
-            "wall_ratio": s["wall_s"] / d["wall_s"],
-            "simpo_step_ms": 1e3 * s["compute_s"],
-            "dpo_step_ms": 1e3 * d["compute_s"],
-            "step_ratio": s["compute_s"] / d["compute_s"],
-            "simpo_peak_rss_mib": s["peak_rss_mib"],
-            "dpo_peak_rss_mib": d["peak_rss_mib"],
-        }
-    ]
+        results[loss] = loss_summary(ranks[0]["history"], [r["peak_rss_mib"] for r in ranks])
+    return [comparison_row(results["gamma_simpo"], results["gamma_dpo"])]

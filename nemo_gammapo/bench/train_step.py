@@ -3,20 +3,20 @@
 Both models of a pair (e.g. γ-SimPO and SimPO) live in the same processes and step alternately,
 so they see the same machine state; the ratio of their median step times is the γ overhead.
 Each step is megatron-core's forward/backward schedule, the data-parallel gradient average and
-an SGD update (see :mod:`nemo_gammapo.testing.layouts`).
+an SGD update (see :mod:`nemo_gammapo.bench.layout_run`).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
-from nemo_gammapo.bench.common import peak_rss_mib
-from nemo_gammapo.testing.harness import run_on_ranks
-from nemo_gammapo.testing.layouts import Layout, LayoutRun, RunSpec
-from nemo_gammapo.testing.tiny_gpt import TinyGPTConfig
+from nemo_gammapo.bench.common import alternating_times, peak_rss_mib
+from nemo_gammapo.bench.layout_run import Layout, LayoutRun, RunSpec
+from nemo_gammapo.distributed.process_groups import run_on_ranks
+from nemo_gammapo.models.tiny_gpt import TinyGPTConfig
 
 PAIRS = (("gamma_simpo", "simpo"), ("gamma_dpo", "dpo"))
 BENCH_MODEL = TinyGPTConfig(
@@ -42,6 +42,22 @@ def _spec(loss: str, steps: int, dp: int, pairs_per_rank: int, compile: bool) ->
     )
 
 
+def pair_row(
+    layout: str, gamma_loss: str, base_loss: str, times: dict[str, list[float]], peak_rss: float
+) -> dict[str, Any]:
+    """One result row: median step time of the γ loss and of its base loss (ms) and their ratio (γ / base)."""
+    g, b = statistics.median(times[gamma_loss]), statistics.median(times[base_loss])
+    return {
+        "layout": layout,
+        "loss": gamma_loss,
+        "base": base_loss,
+        "gamma_ms": 1e3 * g,
+        "base_ms": 1e3 * b,
+        "ratio": g / b,
+        "peak_rss_mib": peak_rss,
+    }
+
+
 def step_worker(
     rank: int, world_size: int, layouts: list[dict[str, int]], steps: int, model: dict[str, int], compile: bool
 ) -> list[dict[str, Any]]:
@@ -57,25 +73,9 @@ def step_worker(
                 runs[loss] = LayoutRun(layout, _spec(loss, steps + 1, dp, layout.pairs_per_rank, compile), cfg)
                 runs[loss].loss.pair_log = None
                 # LayoutRun initialises model parallelism; the second one reuses the same groups.
-            times: dict[str, list[float]] = {gamma_loss: [], base_loss: []}
-            for step in range(steps + 1):
-                for loss, run in runs.items():
-                    start = time.perf_counter()
-                    run.train_step(collect=False)
-                    if step > 0:  # step 0 warms up (allocations, compilation)
-                        times[loss].append(time.perf_counter() - start)
-            g, b = statistics.median(times[gamma_loss]), statistics.median(times[base_loss])
-            rows.append(
-                {
-                    "layout": layout.name(world_size),
-                    "loss": gamma_loss,
-                    "base": base_loss,
-                    "gamma_ms": 1e3 * g,
-                    "base_ms": 1e3 * b,
-                    "ratio": g / b,
-                    "peak_rss_mib": peak_rss_mib(),
-                }
-            )
+            steps_of = {loss: partial(run.train_step, collect=False) for loss, run in runs.items()}
+            times = alternating_times(steps_of, rounds=steps + 1)  # round 0 warms up (allocations, compilation)
+            rows.append(pair_row(layout.name(world_size), gamma_loss, base_loss, times, peak_rss_mib()))
             runs[gamma_loss].close()
     return rows
 

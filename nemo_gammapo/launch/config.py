@@ -1,13 +1,17 @@
-"""Read a ``conf/*.yaml`` training config (composed with Hydra) into the planner's inputs."""
+"""Read a ``conf/*.yaml`` training config (composed with Hydra) into the planner's inputs.
+
+The configs come from :func:`nemo_gammapo.configs.config_dir` (the checkout's ``conf/``, or the
+copy an installed wheel carries).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from nemo_gammapo.configs import config_dir
 from nemo_gammapo.launch.memory import RECOMPUTE_GRANULARITIES, Layout, Training
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Mandatory (???) keys the planner does not need; placeholders let the config compose.
 PLACEHOLDERS = [
     "pretrained_checkpoint.restore_from_path=/planner/model.nemo",
@@ -16,13 +20,16 @@ PLACEHOLDERS = [
 ]
 
 
-def compose_config(name: str, overrides: list[str] | None = None, conf_dir: Path = CONF_DIR) -> Any:
-    """Compose ``conf_dir/<name>.yaml`` with Hydra (defaults list, overrides) and resolve it."""
+def compose_config(name: str, overrides: list[str] | None = None, conf_dir: Path | None = None) -> Any:
+    """Compose ``conf_dir/<name>.yaml`` with Hydra (defaults list, overrides) and resolve it.
+
+    ``conf_dir`` defaults to the package's config directory (:func:`~nemo_gammapo.configs.config_dir`).
+    """
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)  # as NeMo registers it
-    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+    with initialize_config_dir(config_dir=str(conf_dir or config_dir()), version_base=None):
         cfg = compose(name, overrides=[*PLACEHOLDERS, *(overrides or [])])
     OmegaConf.resolve(cfg)
     return cfg

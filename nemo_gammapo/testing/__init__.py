@@ -1,1 +1,1 @@
-"""Test support shipped with the package: the multi-process harness and a tiny GPT builder."""
+"""Test helpers shipped with the package: the invariance-test workers (:mod:`.layouts`)."""

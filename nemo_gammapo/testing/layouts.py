@@ -1,174 +1,29 @@
-"""Train the tiny GPT with ``GammaPOLoss`` under a TP/PP/DP layout and report what happened.
+"""Invariance-test workers: the layout runner plus validation passes and distributed checkpoints.
 
-Used by the invariance tests (and usable by benchmarks): every layout sees the same global
-micro-batches in the same order — global micro-batch ``k`` of a step holds ``pairs_per_microbatch``
-pairs and data-parallel rank ``r`` takes the ``r``-th contiguous slice — so any two layouts must
-produce the same γ, losses and gradients up to float rounding.
-
-The training step is megatron-core's own ``get_forward_backward_func`` schedule followed by a
-data-parallel gradient average and a plain SGD update (no optimizer state to keep in sync).
+:class:`~nemo_gammapo.bench.layout_run.LayoutRun` trains the tiny GPT under one TP/PP/DP layout
+(every layout sees the same global micro-batches); :class:`InvarianceRun` adds what only the tests
+compare — a forward-only validation pass, a megatron distributed checkpoint round trip and the
+margin-queue state. The ``*_worker`` functions run under
+:func:`~nemo_gammapo.distributed.process_groups.run_on_ranks`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
-from megatron.core.pipeline_parallel import get_forward_backward_func
-from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-from torch import Tensor
 
-from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig
+from nemo_gammapo.bench.layout_run import Layout, LayoutRun, RunSpec, rank_microbatches, synthetic_step
 from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
-from nemo_gammapo.distributed.gamma_loss import GammaPOLoss, reduce_step_metrics
-from nemo_gammapo.testing.tiny_gpt import TinyGPTConfig, build_tiny_gpt, full_gradients
+from nemo_gammapo.distributed.gamma_loss import reduce_step_metrics
 
 
-@dataclass(frozen=True)
-class Layout:
-    tp: int = 1
-    pp: int = 1
-    pairs_per_rank: int = 1  # pairs per micro-batch on each data-parallel rank
-
-    def name(self, world_size: int) -> str:
-        return f"tp{self.tp}-pp{self.pp}-dp{world_size // (self.tp * self.pp)}-mb{self.pairs_per_rank}"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    loss_name: str = "gamma_simpo"
-    beta: float = 2.0
-    gamma_beta_ratio: float = 0.5
-    tau: float = 5.0
-    queue_capacity: int = 8
-    solve_size: int = 6
-    steps: int = 3
-    microbatches: int = 2  # per step
-    pairs_per_microbatch: int = 2  # global (all data-parallel ranks together)
-    lr: float = 0.5
-    data_seed: int = 0
-    model_seed: int = 0
-    mask_pair: tuple[int, int] | None = (1, 1)  # (step, global pair index) truncated away, or None
-    gamma_compile: bool = False
-
-
-def synthetic_step(spec: RunSpec, cfg: TinyGPTConfig, step: int) -> dict[str, Tensor]:
-    """All pairs of one step: ``tokens``/``labels``/``loss_mask`` ``[2, P, S]`` (chosen, rejected)."""
-    n = spec.microbatches * spec.pairs_per_microbatch
-    s = cfg.seq_length
-    g = torch.Generator().manual_seed(spec.data_seed * 7919 + step)
-    tokens = torch.zeros(2, n, s, dtype=torch.long)
-    loss_mask = torch.zeros(2, n, s)
-    for i in range(n):
-        prompt_len = int(torch.randint(3, 6, (1,), generator=g))
-        prompt = torch.randint(1, cfg.vocab_size, (prompt_len,), generator=g)
-        for side in range(2):
-            resp_len = int(torch.randint(3, s - prompt_len + 1, (1,), generator=g))
-            resp = torch.randint(1, cfg.vocab_size, (resp_len,), generator=g)
-            tokens[side, i, : prompt_len + resp_len] = torch.cat([prompt, resp])
-            loss_mask[side, i, prompt_len - 1 : prompt_len + resp_len - 1] = 1.0
-    if spec.mask_pair is not None and spec.mask_pair[0] == step:
-        loss_mask[1, spec.mask_pair[1]] = 0.0  # the rejected response was truncated away
-    labels = torch.zeros_like(tokens)
-    labels[..., :-1] = tokens[..., 1:]
-    ref_logps = -(loss_mask.sum(-1) * (3.5 + 0.3 * torch.randn(2, n, generator=g)))
-    return {"tokens": tokens, "labels": labels, "loss_mask": loss_mask, "ref_logps": ref_logps}
-
-
-def rank_microbatches(step_data: dict[str, Tensor], spec: RunSpec, dp: int, dp_rank: int) -> list[dict[str, Tensor]]:
-    """This data-parallel rank's micro-batches: chosen rows first, then rejected rows."""
-    per_rank = spec.pairs_per_microbatch // dp
-    out = []
-    for k in range(spec.microbatches):
-        start = k * spec.pairs_per_microbatch + dp_rank * per_rank
-        idx = slice(start, start + per_rank)
-        mb = {key: torch.cat([v[0, idx], v[1, idx]]) for key, v in step_data.items()}
-        seq = mb["tokens"].shape[1]
-        mb["position_ids"] = torch.arange(seq).unsqueeze(0).expand(mb["tokens"].shape[0], -1)
-        out.append(mb)
-    return out
-
-
-def make_loss(spec: RunSpec) -> GammaPOLoss:
-    return GammaPOLoss(
-        PreferenceLossConfig(name=spec.loss_name, beta=spec.beta, gamma_beta_ratio=spec.gamma_beta_ratio),
-        GammaConfig(
-            tau=spec.tau,
-            queue_capacity=spec.queue_capacity,
-            solve_size=spec.solve_size,
-            seed=1,
-            compile=spec.gamma_compile,
-        ),
-    )
-
-
-class LayoutRun:
-    """A model, its loss and the step loop for one layout on the current process group."""
-
-    def __init__(self, layout: Layout, spec: RunSpec, cfg: TinyGPTConfig | None = None) -> None:
-        world = dist.get_world_size()
-        if world % (layout.tp * layout.pp):
-            raise ValueError(f"world size {world} is not divisible by tp·pp = {layout.tp * layout.pp}")
-        self.layout, self.spec, self.cfg = layout, spec, cfg or TinyGPTConfig()
-        if not parallel_state.model_parallel_is_initialized():  # several runs may share one layout
-            parallel_state.initialize_model_parallel(layout.tp, layout.pp)
-        model_parallel_cuda_manual_seed(spec.model_seed + 1)
-        self.dp = parallel_state.get_data_parallel_world_size()
-        if spec.pairs_per_microbatch != self.dp * layout.pairs_per_rank:
-            raise ValueError("pairs_per_microbatch must equal dp · pairs_per_rank")
-        self.model = build_tiny_gpt(self.cfg, seed=spec.model_seed)
-        self.loss = make_loss(spec)
-        self.loss.pair_log = []
-        self.step_index = 0
-
-    @property
-    def is_last_stage(self) -> bool:
-        return parallel_state.is_pipeline_last_stage()
-
-    def _run_schedule(self, microbatches: list[dict[str, Tensor]], forward_only: bool) -> list[dict[str, Tensor]]:
-        return get_forward_backward_func()(
-            forward_step_func=self.loss.forward_step(),
-            data_iterator=iter(microbatches),
-            model=self.model,
-            num_microbatches=len(microbatches),
-            seq_length=self.cfg.seq_length,
-            micro_batch_size=2 * self.layout.pairs_per_rank,
-            forward_only=forward_only,
-        )
-
-    def train_step(self, collect: bool = True) -> dict[str, Any]:
-        """One optimizer step; returns metrics, γ per micro-batch and (``collect``) full gradients."""
-        data = synthetic_step(self.spec, self.cfg, self.step_index)
-        mbs = rank_microbatches(data, self.spec, self.dp, parallel_state.get_data_parallel_rank())
-        self.model.zero_grad(set_to_none=True)
-        self.loss.train()
-        if self.loss.pair_log is not None:
-            self.loss.pair_log.clear()
-        per_mb = self._run_schedule(mbs, forward_only=False)
-        dp_group = parallel_state.get_data_parallel_group()
-        for p in self.model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            if self.dp > 1:
-                dist.all_reduce(p.grad, group=dp_group)
-                p.grad /= self.dp
-        grads = full_gradients(self.model) if collect else {}
-        with torch.no_grad():
-            for p in self.model.parameters():
-                p -= self.spec.lr * p.grad
-        self.step_index += 1
-        if not collect:
-            return {}
-        return {
-            "metrics": reduce_step_metrics(per_mb) if self.is_last_stage else None,
-            "gamma": [r["gamma"].clone() for r in self.loss.pair_log if "gamma" in r],
-            "margins": [r["margins"].clone() for r in self.loss.pair_log],
-            "grads": grads,
-        }
+class InvarianceRun(LayoutRun):
+    """A :class:`LayoutRun` that can also validate, save and load a checkpoint, and show its queue."""
 
     def validation_step(self) -> dict[str, float] | None:
         """A forward-only pass over the next step's data that must not touch the queue."""
@@ -195,6 +50,7 @@ class LayoutRun:
         dist_checkpointing.save(state, str(ckpt_dir))
 
     def load(self, ckpt_dir: Path) -> None:
+        """Restore the model, the γ-PO state and the step counter from :meth:`save`'s checkpoint."""
         state = self._sharded_state()
         loaded = dist_checkpointing.load(state, str(ckpt_dir))
         self.model.load_state_dict(
@@ -204,13 +60,11 @@ class LayoutRun:
         self.step_index = int(loaded["step"])
 
     def queue_state(self) -> dict[str, Any] | None:
+        """The margin policy's state (queue contents, sampling state), as checkpointed."""
         return self.loss.state_dict()["policy"]
 
-    def close(self) -> None:
-        parallel_state.destroy_model_parallel()
 
-
-def _rank_summary(run: LayoutRun) -> dict[str, Any]:
+def _rank_summary(run: InvarianceRun) -> dict[str, Any]:
     return {
         "tp_rank": parallel_state.get_tensor_model_parallel_rank(),
         "pp_rank": parallel_state.get_pipeline_model_parallel_rank(),
@@ -231,7 +85,7 @@ def train_layouts_worker(
     out: dict[str, Any] = {}
     for job in jobs:
         layout, run_spec = Layout(**job["layout"]), RunSpec(**job["spec"])
-        run = LayoutRun(layout, run_spec)
+        run = InvarianceRun(layout, run_spec)
         steps = []
         extra: dict[str, Any] = {}
         for step in range(run_spec.steps):
@@ -254,7 +108,7 @@ def checkpoint_worker(
     ``phase="save"`` trains ``spec.steps`` steps and writes a checkpoint; ``phase="resume"``
     loads it into a freshly built model and trains one more step.
     """
-    run = LayoutRun(Layout(**layout), RunSpec(**spec))
+    run = InvarianceRun(Layout(**layout), RunSpec(**spec))
     try:
         if phase == "save":
             records = [run.train_step() for _ in range(run.spec.steps)]

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from nemo_gammapo.aligner.dumps import DUMP_DIR
-from nemo_gammapo.aligner.report import METRICS_FILE
+from nemo_gammapo.artifacts.dumps import DUMP_DIR
+from nemo_gammapo.artifacts.metrics import METRICS_FILE
 from nemo_gammapo.viz.run_data import has_dumps, load_dumps, load_history, resolve_gamma0, run_hparams
 
 
@@ -69,7 +69,7 @@ def make_plots(
 
     Raises ``FileNotFoundError`` when ``run_dir`` does not exist or has neither dumps nor
     metrics, ``NotADirectoryError`` when it or ``out`` is not a folder, and ``ValueError``
-    (:class:`~nemo_gammapo.aligner.report.HistoryError`) on a corrupt ``metrics.jsonl`` line.
+    (:class:`~nemo_gammapo.artifacts.metrics.HistoryError`) on a corrupt ``metrics.jsonl`` line.
     """
     from nemo_gammapo.viz import figures  # matplotlib: only once there is something to draw
 

@@ -2,7 +2,7 @@
 
 Each reader takes what the run has: a missing source gives ``None`` / an empty list, and an
 unreadable file is skipped with a one-line warning naming it (``warn``; default: stderr), except a
-corrupt ``metrics.jsonl`` line before the last, which raises :class:`~nemo_gammapo.aligner.report.HistoryError`.
+corrupt ``metrics.jsonl`` line before the last, which raises :class:`~nemo_gammapo.artifacts.metrics.HistoryError`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from nemo_gammapo.aligner.dumps import DUMP_DIR, read_dumps
-from nemo_gammapo.aligner.report import metrics_files, read_history
+from nemo_gammapo.artifacts.dumps import DUMP_DIR, read_dumps
+from nemo_gammapo.artifacts.metrics import metrics_files, read_history
 
 Warn = Callable[[str], None]
 
@@ -34,7 +34,7 @@ def load_dumps(run_dir: str | Path, warn: Warn | None = None) -> pd.DataFrame | 
     """Valid dumped pairs with finite margin (and γ where the loss has one), sorted by step.
 
     ``None`` when the run has no dump file, or none that is readable (each unreadable file is
-    skipped with a warning, see :func:`nemo_gammapo.aligner.dumps.read_dumps`).
+    skipped with a warning, see :func:`nemo_gammapo.artifacts.dumps.read_dumps`).
     """
     if not has_dumps(run_dir):
         return None

@@ -1,4 +1,4 @@
-"""Per-pair margin / γ / loss dumps written during training (for plots and analysis).
+"""Per-pair margin / γ / loss dumps: the parquet schema, its writer and its reader.
 
 Every ``every`` training steps, each last-stage rank with tensor-parallel rank 0 writes its own
 data-parallel slice of the step's pairs — at most ``max_pairs`` — to
@@ -7,6 +7,9 @@ computed (no extra forward pass) and leave the device once per dumped step, afte
 micro-batch loop. Columns: ``step``, ``microbatch``, ``dp_rank``, ``pair`` (index in the global
 micro-batch), ``margin`` (β-scaled), ``gamma``, ``loss``, ``valid``. NeMo-Aligner's collate does
 not carry dataset ids, so a pair is identified by (step, microbatch, pair).
+
+The writer (:class:`PairDumper`) runs inside training (``nemo_gammapo.aligner.model``); the
+reader (:func:`read_dumps`) serves the plots and analyses and needs neither NeMo nor megatron.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from typing import Any
 import torch
 
 DUMP_DIR = "gamma_dumps"
+COLUMNS = ("step", "microbatch", "dp_rank", "pair", "margin", "gamma", "loss", "valid")
 
 
 class PairDumper:
+    """Writes a rank's slice of a step's pairs to ``<run_dir>/gamma_dumps/`` every ``every`` steps (0: never)."""
+
     def __init__(self, run_dir: str | Path, every: int, max_pairs: int = 256) -> None:
         if every < 0 or max_pairs < 1:
             raise ValueError("gamma_dump.every must be >= 0 and gamma_dump.max_pairs >= 1")
@@ -29,6 +35,7 @@ class PairDumper:
         self.every, self.max_pairs = every, max_pairs
 
     def due(self, step: int) -> bool:
+        """Whether step ``step`` is dumped."""
         return self.every > 0 and step % self.every == 0
 
     def write(self, step: int, records: list[dict[str, torch.Tensor]], dp_rank: int) -> Path | None:
@@ -36,9 +43,7 @@ class PairDumper:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns: dict[str, list[Any]] = {
-            k: [] for k in ("step", "microbatch", "dp_rank", "pair", "margin", "gamma", "loss", "valid")
-        }
+        columns: dict[str, list[Any]] = {k: [] for k in COLUMNS}
         for mb, rec in enumerate(records):
             losses = rec["local_losses"].float().cpu()
             start, n = int(rec["local_start"]), losses.numel()
@@ -64,9 +69,6 @@ class PairDumper:
         path = self.dir / f"step_{step:07d}_dp{dp_rank}.parquet"
         pq.write_table(table, path)
         return path
-
-
-COLUMNS = ("step", "microbatch", "dp_rank", "pair", "margin", "gamma", "loss", "valid")
 
 
 def read_dumps(run_dir: str | Path, warn: Callable[[str], None] | None = None) -> Any:

@@ -1,9 +1,10 @@
 """A tiny megatron-core ``GPTModel`` whose weights do not depend on the parallel layout.
 
-Invariance tests compare TP/PP/DP layouts against a single process "from the same weights".
-Every parameter is filled from a generator seeded by its *global* name (pipeline layer offsets
-undone), drawn at its *full* (unsharded) shape and then sliced to this tensor-parallel rank's
-shard, so every layout holds exactly the same model.
+Used by the robustness study, the training-step benchmark and the invariance tests, which compare
+TP/PP/DP layouts against a single process "from the same weights". Every parameter is filled from
+a generator seeded by its *global* name (pipeline layer offsets undone), drawn at its *full*
+(unsharded) shape and then sliced to this tensor-parallel rank's shard, so every layout holds
+exactly the same model. :func:`unfused_transformer_config` is also the GPU benchmark's config.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class TinyGPTConfig:
+    """Sizes of the tiny GPT and the standard deviation of its (non-norm) initial weights."""
+
     num_layers: int = 2
     hidden_size: int = 32
     num_attention_heads: int = 4
@@ -93,6 +96,11 @@ def _tp_info(p: Tensor) -> tuple[bool, int]:
 
 @torch.no_grad()
 def fill_layout_independent(model: torch.nn.Module, seed: int, std: float) -> None:
+    """Fill every parameter from a generator seeded by ``seed`` and its global name, then shard it.
+
+    Norm weights become ``1 + 0.1·N(0, 1)``, everything else ``std·N(0, 1)``; each tensor is drawn at
+    its full shape and sliced to this tensor-parallel rank, so the model is the same at every layout.
+    """
     tp = parallel_state.get_tensor_model_parallel_world_size()
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     names = global_param_names(model)

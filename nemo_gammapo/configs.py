@@ -1,0 +1,36 @@
+"""Where the training configs (``conf/*.yaml``) are, for every tool that composes one.
+
+The top-level ``conf/`` folder of the repository is their only source. ``setup.py`` maps it into
+the built package as ``nemo_gammapo.conf`` (package data ``*.yaml``), so an installed wheel finds
+them through :mod:`importlib.resources`. A source checkout — run in place or installed editable
+(setuptools' editable finder cannot import a mapped folder without ``__init__.py``) — has no such
+package and uses ``conf/`` beside the ``nemo_gammapo`` package folder.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+# Every config directory holds this one (the documented full config), which identifies it.
+DEFAULT_CONFIG = "gpt_gammapo"
+
+
+def config_dir() -> Path:
+    """The directory of the training configs (``<name>.yaml``), as a real filesystem path.
+
+    Raises ``FileNotFoundError`` naming the places looked at when neither the installed
+    ``nemo_gammapo.conf`` package data nor a checkout's ``conf/`` holds ``gpt_gammapo.yaml``.
+    """
+    marker = f"{DEFAULT_CONFIG}.yaml"
+    try:
+        # A folder without __init__.py is a namespace package: a MultiplexedPath, whose files are Paths.
+        installed = Path(str(importlib.resources.files("nemo_gammapo.conf").joinpath(marker))).parent
+    except ModuleNotFoundError:
+        installed = None
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    for folder in (installed, checkout):
+        if folder is not None and (folder / marker).is_file():
+            return folder
+    looked = ", ".join(str(f) for f in (installed, checkout) if f is not None)
+    raise FileNotFoundError(f"no training configs ({marker}) in {looked}; reinstall nemo_gammapo")
