@@ -70,9 +70,6 @@ def gather_worker(rank: int, world_size: int) -> dict[str, Any]:
     return {"margins": all_m, "valid": all_v, "mine": local_slice(all_m, dist.group.WORLD, n, pad_to=3)}
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 _CALLS: dict[str, int] = {}
 
 
@@ -112,26 +109,18 @@ def aligner_train_worker(
     ``restore_from_run``: start from the ``.nemo`` an earlier run wrote into its ``checkpoints/``.
     Records every call into the reference-policy machinery so tests can assert it never ran.
     """
-    import os
-
     if restore_from_run is not None:
         nemo = next((Path(restore_from_run) / "checkpoints").glob("*.nemo"))
         overrides = [f"pretrained_checkpoint.restore_from_path={nemo}", *overrides]
 
-    os.chdir(REPO)
+    from nemo_gammapo.bench.nemo_step import train_preset
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
-    maybe_apply_cpu_patches(nemo=True)
-    from hydra import compose, initialize_config_dir
-
-    from nemo_gammapo.aligner import train as train_module
-
+    maybe_apply_cpu_patches(nemo=True)  # before the counters import NeMo-Aligner (train_preset applies it again)
     calls = _count_reference_calls()
     for name in calls:
         calls[name] = 0
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
-        cfg = compose(config_name, overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
-    result = train_module.train(cfg)
+    result = train_preset(world_size, run_dir, overrides, config_name)
     return {
         "history": result.history,
         "calls": dict(calls),
@@ -175,7 +164,7 @@ def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) 
     from megatron.core import parallel_state
     from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
 
-    from nemo_gammapo.testing.harness import free_port
+    from nemo_gammapo.distributed.process_groups import free_port
 
     results = []
     for run in runs:
@@ -227,7 +216,7 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
 
     from nemo_gammapo.aligner import finite_guard
     from nemo_gammapo.aligner.errors import UserError
-    from nemo_gammapo.testing.harness import free_port
+    from nemo_gammapo.distributed.process_groups import free_port
 
     upstream = finite_guard.GuardedDPOTrainer.train_single_step
     results = []

@@ -171,8 +171,52 @@ def test_unknown_name() -> None:
         preference_loss("dpoo", pairs())
 
 
-def test_reference_free_set() -> None:
-    assert REFERENCE_FREE == {"simpo", "gamma_simpo", "rsimpo", "beta_simpo", "cpo", "orpo"}
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_reference_free_losses_never_read_the_reference(name: str) -> None:
+    """The reference-free set (what the NeMo model skips the reference pass for) is behaviour, not a list."""
+    p = pairs()
+    no_reference = PairLogProbs(p.chosen, p.rejected, p.chosen_tokens, p.rejected_tokens)
+    cfg = PreferenceLossConfig(name=name)
+    gamma = torch.tensor([0.7, 1.4], dtype=torch.float64) if LOSSES[name].gamma else None
+    if name in REFERENCE_FREE:
+        with_ref = preference_loss(name, p, cfg, gamma=gamma).losses
+        assert torch.equal(preference_loss(name, no_reference, cfg, gamma=gamma).losses, with_ref)
+    else:
+        with pytest.raises(ValueError, match="needs reference log-probs"):
+            preference_loss(name, no_reference, cfg, gamma=gamma)
+
+
+BASES_WITH_TARGET = [name for name, spec in LOSSES.items() if not spec.gamma and spec.target is not None]
+
+
+def test_every_loss_with_a_target_margin_has_a_gamma_variant() -> None:
+    assert {f"gamma_{n}" for n in BASES_WITH_TARGET} == {n for n, s in LOSSES.items() if s.gamma}
+    assert "gamma_kto_pair" not in LOSSES  # KTO's formula has no target margin
+
+
+@pytest.mark.parametrize("base", BASES_WITH_TARGET)
+def test_gamma_variant_with_gamma_equal_to_gamma0_is_its_base_loss(base: str) -> None:
+    """γ_i = γ0 for every pair: γ-SimPO-style targets give back γ0, DPO-style offsets give back 0."""
+    cfg = PreferenceLossConfig(name=f"gamma_{base}", beta=0.5, gamma_beta_ratio=2.0)
+    gamma = torch.full((2,), cfg.gamma0, dtype=torch.float64)
+    got = preference_loss(f"gamma_{base}", pairs(), cfg, gamma=gamma).losses
+    want = preference_loss(base, pairs(), PreferenceLossConfig(name=base, beta=0.5, gamma_beta_ratio=2.0)).losses
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    shifted = preference_loss(f"gamma_{base}", pairs(), cfg, gamma=gamma + 0.3).losses
+    assert not torch.equal(shifted, want)  # γ really drives the target
+
+
+def test_gamma_ipo_shifts_ipos_target_by_the_offset() -> None:
+    cfg = PreferenceLossConfig(name="gamma_ipo", beta=0.5, gamma_beta_ratio=2.0, ipo_tau=0.25)  # γ0 = 1
+    gamma = torch.tensor([0.6, 1.5], dtype=torch.float64)
+    exp = [(dpo_margin(i, 1.0) - (2.0 + gamma[i].item() - 1.0)) ** 2 for i in range(2)]
+    out = preference_loss("gamma_ipo", pairs(), cfg, gamma=gamma)
+    assert out.losses.tolist() == pytest.approx(exp, rel=1e-12)
+
+
+def test_ipo_tau_defaults_to_beta() -> None:
+    h = [dpo_margin(i, 1.0) for i in range(2)]
+    check("ipo", [(x - 1 / (2 * 0.4)) ** 2 for x in h], beta=0.4)
 
 
 def test_margins_helper_and_gradients_flow() -> None:

@@ -70,7 +70,12 @@ BAD_CONFIGS = [
     (["+model.dpo.gamma.tua=3"], "model.dpo.gamma.tua is not a configuration key; did you mean model.dpo.gamma.tau"),
     (["+model.dpo.loss_params.label_smothing=0.1"], "did you mean model.dpo.loss_params.label_smoothing"),
     (["+model.dpo.gamma_dump.evry=2"], "model.dpo.gamma_dump.evry is not a configuration key"),
-    (["model.dpo.gamma_dump.every=-1"], "model.dpo.gamma_dump.every must be an integer >= 0"),
+    (["model.dpo.gamma_dump.every=-1"], "model.dpo.gamma_dump.every: GammaDumpConfig.every must be an integer >= 0"),
+    (
+        ["model.dpo.loss_params.label_smoothing=0.1"],
+        "model.dpo.loss_params.label_smoothing is not used by preference_loss=gamma_simpo (its loss_params: none)",
+    ),
+    (["~model.dpo.ref_policy_kl_penalty"], "model.dpo.ref_policy_kl_penalty is required"),
     # item 6: layout and batch errors that ended in framework tracebacks
     (["model.tensor_model_parallel_size=4"], "= 4 must divide the 2 processes (trainer.devices=2"),
     (["model.pipeline_model_parallel_size=2", "model.tensor_model_parallel_size=2"], "= 4 must divide the 2"),

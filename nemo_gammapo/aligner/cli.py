@@ -24,16 +24,16 @@ from pathlib import Path
 
 from nemo_gammapo.aligner.errors import ConfigError, UserError
 from nemo_gammapo.aligner.run_dir import RunDirLock
+from nemo_gammapo.configs import config_dir
 
-ROOT = Path(__file__).resolve().parents[2]
-ENTRY = ROOT / "examples" / "train_gpt_gammapo.py"
+ENTRY_MODULE = "nemo_gammapo.aligner.entry"  # the worker, started with ``torchrun -m``
 PROG = "nemo-gammapo train"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--config-name", default="gpt_gammapo", help="a config in --config-dir (default: gpt_gammapo)")
-    p.add_argument("--config-dir", type=Path, default=ROOT / "conf", help="folder of the Hydra configs")
+    p.add_argument("--config-dir", type=Path, default=config_dir(), help="folder of the Hydra configs")
     p.add_argument("--nproc-per-node", type=int, default=None, help="workers on this node (default: trainer.devices)")
     p.add_argument("--nnodes", type=int, default=None, help="nodes (default: trainer.num_nodes)")
     p.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
@@ -106,7 +106,7 @@ def launch(args: argparse.Namespace, nproc: int, nnodes: int) -> int:
     else:
         port = args.master_port or 29500
         torchrun += [f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}", f"--master-port={port}"]
-    script = [str(ENTRY), "--config-dir", str(args.config_dir.resolve()), "--config-name", args.config_name]
+    script = ["-m", ENTRY_MODULE, "--config-dir", str(args.config_dir.resolve()), "--config-name", args.config_name]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # torchrun's agent logs each worker's exit; the workers' own messages (and ours below) say more.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)

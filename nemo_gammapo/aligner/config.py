@@ -1,4 +1,11 @@
-"""Hydra/OmegaConf ``model.dpo`` node → validated core configs, with errors that name the key."""
+"""Hydra/OmegaConf ``model.dpo`` node → validated core configs, with errors that name the key.
+
+The YAML keys are the dataclass fields (:class:`~nemo_gammapo.core.config.PreferenceLossConfig`,
+:class:`~nemo_gammapo.core.config.GammaConfig`, :class:`~nemo_gammapo.core.config.GammaDumpConfig`),
+with their defaults in the dataclasses only (a ``null`` or absent key takes the default). The only
+renamed keys are the three NeMo-Aligner owns: ``preference_loss`` (the loss name),
+``ref_policy_kl_penalty`` (β) and ``preference_average_log_probs``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +14,27 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_gammapo.aligner.errors import ConfigError
-from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig, config_from_mapping
+from nemo_gammapo.core.config import (
+    ConfigFieldError,
+    GammaConfig,
+    GammaDumpConfig,
+    PreferenceLossConfig,
+    config_from_mapping,
+)
 from nemo_gammapo.core.registry import LOSSES
 
-__all__ = ["ALIGNER_NATIVE_LOSSES", "ConfigError", "loss_configs"]
+__all__ = ["ALIGNER_KEYS", "ALIGNER_NATIVE_LOSSES", "ConfigError", "dump_config", "loss_configs"]
 
 # NeMo-Aligner's own losses, run by its MegatronGPTDPOModel code unchanged.
 ALIGNER_NATIVE_LOSSES = ("rpo_bwd_kl", "rpo_fwd_kl", "rpo_sq")
+# model.dpo keys NeMo-Aligner owns → PreferenceLossConfig fields.
+ALIGNER_KEYS = {
+    "preference_loss": "name",
+    "ref_policy_kl_penalty": "beta",
+    "preference_average_log_probs": "average_log_probs",
+}
+# model.dpo keys that are PreferenceLossConfig fields under their own name.
+TOP_LEVEL_FIELDS = ("gamma_beta_ratio",)
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -24,59 +45,52 @@ def _plain(node: Any) -> dict[str, Any]:
     return dict(node)
 
 
+def _key_of(error: ConfigFieldError, prefix: str) -> str:
+    """The YAML key of a PreferenceLossConfig field."""
+    top = {field: key for key, field in ALIGNER_KEYS.items()} | {f: f for f in TOP_LEVEL_FIELDS}
+    if error.field in top:
+        return f"{prefix}.{top[error.field]}"
+    return f"{prefix}.loss_params.{error.field}"
+
+
 def loss_configs(dpo_cfg: DictConfig | dict, prefix: str = "model.dpo") -> tuple[PreferenceLossConfig, GammaConfig]:
     """Build the loss and γ configs from ``model.dpo``; every error names its key.
 
-    ``ref_policy_kl_penalty`` is β (NeMo-Aligner's key), ``preference_average_log_probs`` the
-    DPO-family length averaging; the other loss hyperparameters live in ``loss_params`` and the
-    γ policy in ``gamma``.
+    A ``loss_params`` entry the chosen loss does not read (see each loss's ``params`` in
+    :data:`nemo_gammapo.core.registry.LOSSES`) is an error, so a value never silently does nothing.
     """
     dpo = _plain(dpo_cfg)
-    name = dpo.get("preference_loss", "dpo")
+    name = dpo.get("preference_loss")
     if name not in LOSSES:
         allowed = sorted(LOSSES) + list(ALIGNER_NATIVE_LOSSES)
         raise ConfigError(f"{prefix}.preference_loss must be one of {allowed} (got {name!r})")
+    if dpo.get("ref_policy_kl_penalty") is None:
+        raise ConfigError(f"{prefix}.ref_policy_kl_penalty is required: β, the reward scale (a number > 0)")
     params = {k: v for k, v in _plain(dpo.get("loss_params")).items() if v is not None}
-    if "ipo_tau" not in params and name == "ipo":
-        params["ipo_tau"] = dpo.get("ref_policy_kl_penalty")  # NeMo-Aligner's IPO convention
-    values = {
-        "name": name,
-        "beta": dpo.get("ref_policy_kl_penalty", 0.1),
-        "gamma_beta_ratio": dpo.get("gamma_beta_ratio", 0.0),
-        "average_log_probs": bool(dpo.get("preference_average_log_probs", False)),
-        **params,
-    }
-    try:
-        loss_cfg = config_from_mapping(PreferenceLossConfig, values, prefix=f"{prefix}.loss_params")
-    except ValueError as e:
+    unused = sorted(set(params) - set(LOSSES[name].params))
+    if unused:
         raise ConfigError(
-            _with_key(
-                str(e),
-                prefix,
-                {
-                    "beta": "ref_policy_kl_penalty",
-                    "name": "preference_loss",
-                    "average_log_probs": "preference_average_log_probs",
-                    "gamma_beta_ratio": "gamma_beta_ratio",
-                },
-            )
-        ) from None
+            f"{prefix}.loss_params.{unused[0]} is not used by preference_loss={name} (its loss_params: "
+            f"{list(LOSSES[name].params) or 'none'}); remove it or set it to null"
+        )
+    values = {field: dpo.get(key) for key, field in ALIGNER_KEYS.items()}
+    values |= {field: dpo.get(field) for field in TOP_LEVEL_FIELDS}
+    if values["average_log_probs"] is not None:
+        values["average_log_probs"] = bool(values["average_log_probs"])
+    try:
+        loss_cfg = config_from_mapping(PreferenceLossConfig, {**values, **params}, prefix=f"{prefix}.loss_params")
+    except ConfigFieldError as e:
+        raise ConfigError(f"{_key_of(e, prefix)}: {e}" if e.field else str(e)) from None
     try:
         gamma_cfg = config_from_mapping(GammaConfig, _plain(dpo.get("gamma")), prefix=f"{prefix}.gamma")
-    except ValueError as e:
-        raise ConfigError(_with_key(str(e), f"{prefix}.gamma", {})) from None
+    except ConfigFieldError as e:
+        raise ConfigError(f"{prefix}.gamma.{e.field}: {e}" if e.field else str(e)) from None
     return loss_cfg, gamma_cfg  # type: ignore[return-value]
 
 
-def _with_key(message: str, prefix: str, top_level: dict[str, str]) -> str:
-    """Prefix a dataclass validation message with the YAML key it came from."""
-    for cls in ("PreferenceLossConfig.", "GammaConfig."):
-        if message.startswith(cls):
-            field = message[len(cls) :].split(" ", 1)[0]
-            key = (
-                f"{prefix}.{top_level[field]}"
-                if field in top_level
-                else (f"{prefix}.{field}" if cls == "GammaConfig." else f"{prefix}.loss_params.{field}")
-            )
-            return f"{key}: {message}"
-    return message
+def dump_config(dpo_cfg: DictConfig | dict, prefix: str = "model.dpo") -> GammaDumpConfig:
+    """``model.dpo.gamma_dump`` as a validated :class:`GammaDumpConfig`."""
+    try:
+        return config_from_mapping(GammaDumpConfig, _plain(_plain(dpo_cfg).get("gamma_dump")), f"{prefix}.gamma_dump")
+    except ConfigFieldError as e:
+        raise ConfigError(f"{prefix}.gamma_dump.{e.field}: {e}" if e.field else str(e)) from None

@@ -9,7 +9,7 @@ log-probs, DP averaging, reward logging); this class only
 * skips the reference policy entirely for reference-free losses (SimPO family, CPO, ORPO): no
   reference forward pass, no CPU weight swap, no host copy of the weights;
 * adds the γ / margin metrics to what the trainer logs (one broadcast per step);
-* optionally dumps per-pair margins / γ / losses every K steps (:mod:`nemo_gammapo.aligner.dumps`);
+* optionally dumps per-pair margins / γ / losses every K steps (:mod:`nemo_gammapo.artifacts.dumps`);
 * saves and restores the margin queue with the checkpoint;
 * masks the padded vocabulary out of the logits (:func:`mask_padded_vocabulary`).
 """
@@ -25,8 +25,8 @@ from nemo.collections.nlp.parts.utils_funcs import get_last_rank
 from nemo_aligner.models.nlp.gpt.megatron_gpt_dpo_model import MegatronGPTDPOModel
 from omegaconf import DictConfig
 
-from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, loss_configs
-from nemo_gammapo.aligner.dumps import PairDumper
+from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, dump_config, loss_configs
+from nemo_gammapo.artifacts.dumps import PairDumper
 from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 from nemo_gammapo.distributed.gamma_loss import METRIC_NAMES, GammaPOLoss, reduce_step_metrics
 
@@ -103,10 +103,10 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
             self.gamma_po = GammaPOLoss(loss_cfg, gamma_cfg)
         self._microbatch_metrics: list[dict[str, torch.Tensor]] = []
         self.train_steps = 0  # training steps taken (checkpointed); numbers the γ dumps
-        dump = cfg.dpo.get("gamma_dump") or {}
+        dump = dump_config(cfg.dpo)
         self._dumper = None
-        if self.gamma_po is not None and dump.get("every", 0) > 0:
-            self._dumper = PairDumper(dump.get("run_dir") or ".", dump["every"], dump.get("max_pairs", 256))
+        if self.gamma_po is not None and dump.every > 0:
+            self._dumper = PairDumper(dump.run_dir or ".", dump.every, dump.max_pairs)
 
     @property
     def reference_free(self) -> bool:

@@ -28,17 +28,14 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, loss_configs
+from nemo_gammapo.aligner.config import ALIGNER_KEYS, ALIGNER_NATIVE_LOSSES, TOP_LEVEL_FIELDS, dump_config, loss_configs
 from nemo_gammapo.aligner.errors import ConfigError
-from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig
+from nemo_gammapo.core.config import GammaConfig, GammaDumpConfig, PreferenceLossConfig
 from nemo_gammapo.core.registry import LOSSES
 
-# model.dpo keys NeMo-Aligner's MegatronGPTDPOModel reads.
-ALIGNER_DPO_KEYS = frozenset(
+# model.dpo keys NeMo-Aligner's MegatronGPTDPOModel reads besides the ones it shares with our loss config.
+ALIGNER_ONLY_DPO_KEYS = frozenset(
     {
-        "preference_loss",
-        "ref_policy_kl_penalty",
-        "preference_average_log_probs",
         "sft_average_log_probs",
         "preference_loss_weight",
         "sft_loss_weight",
@@ -46,18 +43,12 @@ ALIGNER_DPO_KEYS = frozenset(
         "log_prob_forward_micro_batch_size",
     }
 )
-# Our additions to model.dpo.
-GAMMAPO_DPO_KEYS = frozenset({"gamma_beta_ratio", "loss_params", "gamma", "gamma_dump"})
-GAMMA_DUMP_KEYS = frozenset({"every", "max_pairs", "run_dir"})
+DPO_KEYS = ALIGNER_ONLY_DPO_KEYS | set(ALIGNER_KEYS) | set(TOP_LEVEL_FIELDS) | {"loss_params", "gamma", "gamma_dump"}
 # PreferenceLossConfig fields set by a top-level model.dpo key, never by loss_params.
-TOP_LEVEL_LOSS_FIELDS = {
-    "name": "preference_loss",
-    "beta": "ref_policy_kl_penalty",
-    "gamma_beta_ratio": "gamma_beta_ratio",
-    "average_log_probs": "preference_average_log_probs",
-}
+TOP_LEVEL_LOSS_FIELDS = {field: key for key, field in ALIGNER_KEYS.items()} | {f: f for f in TOP_LEVEL_FIELDS}
 LOSS_PARAM_KEYS = frozenset(f.name for f in fields(PreferenceLossConfig)) - set(TOP_LEVEL_LOSS_FIELDS)
 GAMMA_KEYS = frozenset(f.name for f in fields(GammaConfig))
+GAMMA_DUMP_KEYS = frozenset(f.name for f in fields(GammaDumpConfig))
 DATA_IMPLS = ("jsonl", "json")  # preference-pair files NeMo-Aligner reads one pair per line
 
 
@@ -77,7 +68,7 @@ def _unknown_keys(node: Mapping[str, Any] | None, allowed: frozenset[str], prefi
 def check_dpo_section(dpo: DictConfig | Mapping[str, Any], prefix: str = "model.dpo") -> None:
     """Keys and values of ``model.dpo``: nothing unknown, nothing overridden twice, γ0 > 0 for γ-PO."""
     dpo = _plain(dpo) or {}
-    _unknown_keys(dpo, ALIGNER_DPO_KEYS | GAMMAPO_DPO_KEYS, prefix)
+    _unknown_keys(dpo, frozenset(DPO_KEYS), prefix)
     for key, allowed in (("gamma", GAMMA_KEYS), ("gamma_dump", GAMMA_DUMP_KEYS)):
         if dpo.get(key) is not None and not isinstance(dpo[key], Mapping):
             raise ConfigError(f"{prefix}.{key} must be a mapping (got {dpo[key]!r})")
@@ -90,22 +81,18 @@ def check_dpo_section(dpo: DictConfig | Mapping[str, Any], prefix: str = "model.
                 f"set {prefix}.{TOP_LEVEL_LOSS_FIELDS[key]} instead"
             )
     _unknown_keys(params, LOSS_PARAM_KEYS, f"{prefix}.loss_params")
-    dump = dpo.get("gamma_dump") or {}
-    for key in ("every", "max_pairs"):
-        value = dump.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ConfigError(f"{prefix}.gamma_dump.{key} must be an integer >= 0 (got {value!r})")
+    dump_config(dpo, prefix)
 
-    name = dpo.get("preference_loss", "dpo")
+    name = dpo.get("preference_loss")
     if name in ALIGNER_NATIVE_LOSSES:
         return
     loss_configs(dpo, prefix)  # raises ConfigError naming the key
     spec = LOSSES[name]
-    if spec.dynamic_margin or spec.uses_gamma0:
+    if spec.gamma or spec.uses_gamma0:
         ratio = dpo.get("gamma_beta_ratio")
         if ratio is None:
             raise ConfigError(f"{prefix}.gamma_beta_ratio is required by preference_loss={name} (γ0 = ratio · β)")
-        if spec.dynamic_margin and ratio <= 0:
+        if spec.gamma and ratio <= 0:
             raise ConfigError(
                 f"{prefix}.gamma_beta_ratio must be > 0 for preference_loss={name} (got {ratio!r}): with γ0 = 0 "
                 "every γ_i is 0 and the run is margin-free; use a non-γ loss for that"

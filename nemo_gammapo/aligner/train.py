@@ -10,8 +10,6 @@ tests) can report on it.
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,6 +21,7 @@ from nemo_gammapo.aligner.checkpoints import newest_complete, set_aside_unusable
 from nemo_gammapo.aligner.errors import global_rank
 from nemo_gammapo.aligner.preflight import check_layout, preflight, validate_config
 from nemo_gammapo.aligner.run_dir import RunDirLock
+from nemo_gammapo.artifacts.metrics import append_record, metrics_record
 
 __all__ = ["MetricsHistory", "RunLimit", "TrainResult", "train", "validate_config"]
 
@@ -45,11 +44,10 @@ class MetricsHistory:
         self.path, self.write, self.records = path, write, []
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
-        record = {"step": step, "wall_time": time.time(), **{k: float(v) for k, v in metrics.items()}}
+        record = metrics_record(metrics, step)
         self.records.append(record)
         if self.write:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_record(self.path, record)
 
 
 class RunLimit:
@@ -70,6 +68,29 @@ class RunLimit:
         self.steps += 1
         over_budget = self.stop_after_steps is not None and self.steps >= self.stop_after_steps
         return over_budget or self.timer.is_finished()
+
+
+def resolved_run_config(cfg: DictConfig) -> DictConfig:
+    """The run's configuration with every ``null`` loss / γ / dump setting replaced by the value used.
+
+    ``model.dpo.loss_params`` keeps only the chosen loss's own parameters; ``gamma`` is filled for
+    γ-PO losses. This is what ``config.yaml`` records, so reports and plots read the real values.
+    """
+    from dataclasses import asdict
+
+    from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, dump_config, loss_configs
+    from nemo_gammapo.core.registry import LOSSES
+
+    record = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    dpo = record.model.dpo
+    if dpo.preference_loss not in ALIGNER_NATIVE_LOSSES:
+        loss_cfg, gamma_cfg = loss_configs(cfg.model.dpo)
+        spec = LOSSES[loss_cfg.name]
+        # a field with a ``resolved_<name>`` property (ipo_tau: null means β) records the value used
+        dpo.loss_params = {name: getattr(loss_cfg, f"resolved_{name}", getattr(loss_cfg, name)) for name in spec.params}
+        dpo.gamma = asdict(gamma_cfg) if spec.gamma else None
+    dpo.gamma_dump = asdict(dump_config(cfg.model.dpo))
+    return record
 
 
 def choose_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -150,7 +171,7 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         logging.info(f"Resuming from the newest complete checkpoint: {resume_from}")
     history = MetricsHistory(run_dir / "metrics.jsonl", write=trainer.global_rank == 0)
     if trainer.global_rank == 0:  # the resolved configuration this run uses, for reports and plots
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        OmegaConf.save(resolved_run_config(cfg), run_dir / "config.yaml")
     logger = CustomLoggerWrapper([*trainer.loggers, history])
 
     if restore_path:

@@ -16,9 +16,23 @@ from nemo_gammapo.core.solver import SOLVERS
 GAMMA_DPO_CONVENTIONS = ("offset", "margin")
 
 
+class ConfigFieldError(ValueError):
+    """A configuration field with a value outside its allowed range; the field travels as data.
+
+    Attributes:
+        config: the dataclass name (e.g. ``"GammaConfig"``).
+        field: the field name (e.g. ``"tau"``), or ``None`` for an error about unknown keys.
+        keys: for unknown keys, the offending names.
+    """
+
+    def __init__(self, message: str, config: str, field: str | None = None, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.config, self.field, self.keys = config, field, keys
+
+
 def _check(ok: bool, cls: str, name: str, allowed: str, value: object) -> None:
     if not ok:
-        raise ValueError(f"{cls}.{name} must be {allowed} (got {value!r})")
+        raise ConfigFieldError(f"{cls}.{name} must be {allowed} (got {value!r})", cls, name)
 
 
 def _finite(x: object) -> bool:
@@ -37,7 +51,8 @@ class PreferenceLossConfig:
             γ-PO loss; DPO-family losses use it only through γ-PO.
         average_log_probs: DPO family only — length-average the log-ratios instead of summing.
         label_smoothing: ε of rDPO / rSimPO (paper eq. 13), in [0, 0.5).
-        ipo_tau: IPO's τ (> 0); its target is ``1/(2·ipo_tau)``.
+        ipo_tau: IPO's τ (> 0), or ``None`` for β (NeMo-Aligner's convention: its IPO uses
+            ``ref_policy_kl_penalty`` as τ); the target is ``1/(2·τ)``.
         cpo_alpha: weight of CPO's chosen-NLL term (>= 0).
         orpo_lambda: weight λ of ORPO's odds-ratio term (>= 0).
         length_alpha: R-DPO's length penalty α (>= 0), in reward units per token.
@@ -53,7 +68,7 @@ class PreferenceLossConfig:
     gamma_beta_ratio: float = 0.5
     average_log_probs: bool = False
     label_smoothing: float = 0.0
-    ipo_tau: float = 0.1
+    ipo_tau: float | None = None
     cpo_alpha: float = 1.0
     orpo_lambda: float = 0.1
     length_alpha: float = 0.0
@@ -83,7 +98,13 @@ class PreferenceLossConfig:
             "in [0, 0.5)",
             self.label_smoothing,
         )
-        _check(_finite(self.ipo_tau) and self.ipo_tau > 0, c, "ipo_tau", "a finite number > 0", self.ipo_tau)
+        _check(
+            self.ipo_tau is None or (_finite(self.ipo_tau) and self.ipo_tau > 0),
+            c,
+            "ipo_tau",
+            "null (= beta) or a finite number > 0",
+            self.ipo_tau,
+        )
         for name in (
             "cpo_alpha",
             "orpo_lambda",
@@ -101,6 +122,11 @@ class PreferenceLossConfig:
             "in [0, 1)",
             self.reference_momentum,
         )
+
+    @property
+    def resolved_ipo_tau(self) -> float:
+        """IPO's τ: ``ipo_tau``, or β when it is ``None``."""
+        return self.beta if self.ipo_tau is None else self.ipo_tau
 
     @property
     def gamma0(self) -> float:
@@ -171,11 +197,40 @@ def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+@dataclass
+class GammaDumpConfig:
+    """Per-pair dumps of margin / γ / loss for plots (``<run_dir>/gamma_dumps/*.parquet``).
+
+    Attributes:
+        every: write every ``every``-th training step (>= 0; 0 = off).
+        max_pairs: pairs written per rank and dumped step (>= 1).
+        run_dir: the run directory the dumps go under (``None``: the current directory).
+    """
+
+    every: int = 0
+    max_pairs: int = 256
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        c = type(self).__name__
+        _check(_is_int(self.every) and self.every >= 0, c, "every", "an integer >= 0", self.every)
+        _check(_is_int(self.max_pairs) and self.max_pairs >= 1, c, "max_pairs", "an integer >= 1", self.max_pairs)
+        _check(self.run_dir is None or isinstance(self.run_dir, str), c, "run_dir", "null or a path", self.run_dir)
+
+
 def config_from_mapping(cls: type, values: dict, prefix: str = "") -> object:
-    """Build ``cls`` from a mapping, rejecting unknown keys by name (e.g. a Hydra node)."""
+    """Build ``cls`` from a mapping, rejecting unknown keys by name (e.g. a Hydra node).
+
+    ``None`` values mean "the dataclass default" (the YAML writes ``null`` for keys it leaves to
+    the dataclass, so defaults live in one place).
+    """
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = tuple(sorted(set(values) - known))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ValueError(f"unknown key(s) {[where + k for k in unknown]} for {cls.__name__}; allowed: {sorted(known)}")
-    return cls(**values)
+        raise ConfigFieldError(
+            f"unknown key(s) {[where + k for k in unknown]} for {cls.__name__}; allowed: {sorted(known)}",
+            cls.__name__,
+            keys=unknown,
+        )
+    return cls(**{k: v for k, v in values.items() if v is not None})

@@ -86,12 +86,12 @@ class GammaPOLoss:
         self.spec = get_loss_spec(loss_config.name)
         self.policy = (
             GammaMarginPolicy(self.gamma_config, loss_config.gamma0, device=device)
-            if self.spec.dynamic_margin
+            if self.spec.gamma
             else None
         )
         # β-DPO's M0 / KTO's z_ref: a running mean over global micro-batches (checkpointed).
         self.reference = (
-            MovingMean(loss_config.reference_momentum) if self.spec.form in ("beta_scaled", "kto_pair") else None
+            MovingMean(loss_config.reference_momentum) if self.spec.running_reference is not None else None
         )
         self._dp_group = data_parallel_group
         self.pad_to = pad_to
@@ -161,7 +161,7 @@ class GammaPOLoss:
             gamma = local_slice(all_gamma, group, b, self.pad_to)
 
         reference_margin = reference_point = None
-        if self.reference is not None and self.spec.form == "beta_scaled":
+        if self.reference is not None and self.spec.running_reference == "margin":
             reference_margin = self.reference(all_margins, all_valid, update=self.training)
         elif self.reference is not None:  # KTO: the mean reward of both responses (one more gather)
             all_rewards, _ = gather_margins(((r_w + r_l) / 2).detach(), valid, group, self.pad_to)

@@ -18,8 +18,8 @@ def robustness_figure(results: pd.DataFrame, path: Path, title: str) -> Path:
     offsets = np.linspace(-0.6, 0.6, len(methods)) if len(methods) > 1 else [0.0]
     for method, dx in zip(methods, offsets, strict=True):
         part = results[results["method"] == method]
-        color = style.METHOD_COLORS.get(method, "black")
-        label = style.METHOD_LABELS.get(method, method)
+        color = style.method_color(method)
+        label = style.method_label(method)
         for ax, col in ((ax_acc, "heldout_accuracy"), (ax_margin, "heldout_margin_mean")):
             scale = 100.0 if col == "heldout_accuracy" else 1.0
             stats = part.groupby("flip_rate")[col].agg(["mean", "std"]).fillna(0.0)

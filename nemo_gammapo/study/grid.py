@@ -12,7 +12,7 @@ import pandas as pd
 
 from nemo_gammapo.study.data import read_jsonl
 from nemo_gammapo.study.trainer import METHODS, StudyConfig, train_one
-from nemo_gammapo.viz.style import METHOD_LABELS
+from nemo_gammapo.viz.style import method_label
 
 # Columns of results.csv that are reproducible run to run (everything except wall time).
 RESULT_COLUMNS = (
@@ -81,11 +81,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
     for method in dict.fromkeys(summary["method"]):
         part = summary[summary["method"] == method].set_index("flip_rate")
         cells = [f"{100 * part.at[r, 'acc_mean']:.1f} ± {100 * part.at[r, 'acc_std']:.1f}" for r in rates]
-        lines.append(
-            f"| {METHOD_LABELS.get(method, method)} | "
-            + " | ".join(cells)
-            + f" | {100 * part['acc_mean'].mean():.1f} |"
-        )
+        lines.append(f"| {method_label(method)} | " + " | ".join(cells) + f" | {100 * part['acc_mean'].mean():.1f} |")
     seeds = int(summary["seeds"].max())
     lines.append("")
     lines.append(f"Clean held-out preference accuracy (%), mean ± sample std over {seeds} seed(s).")

@@ -10,24 +10,24 @@ repeatable for a given seed; many runs can share one process (see :func:`ensure_
 from __future__ import annotations
 
 import math
-import os
-import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from nemo_gammapo.core.config import GammaConfig, PreferenceLossConfig
+from nemo_gammapo.core.registry import LOSSES, REFERENCE_FREE
 from nemo_gammapo.data.noise import flip_records
 from nemo_gammapo.distributed.gamma_loss import GammaPOLoss
+from nemo_gammapo.distributed.process_groups import init_single_process_group
+from nemo_gammapo.models.tiny_gpt import TinyGPTConfig, build_tiny_gpt
 from nemo_gammapo.study.data import VOCAB_SIZE, PairTensors, encode_pairs
-from nemo_gammapo.testing.tiny_gpt import TinyGPTConfig, build_tiny_gpt
 
+# The study's default grid; any reference-free registry loss can be studied by name.
 METHODS = ("simpo", "gamma_simpo", "rsimpo", "beta_simpo")
 
 
@@ -70,22 +70,19 @@ def ensure_single_process_group() -> None:
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
     maybe_apply_cpu_patches()
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    init_single_process_group("gloo")
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(1, 1)
 
 
 def loss_config(method: str, flip_rate: float, cfg: StudyConfig) -> PreferenceLossConfig:
     """The registry loss config of ``method`` at this flip rate (rSimPO's ε may depend on it)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS} (got {method!r})")
+    if method not in REFERENCE_FREE:  # the study trains without a reference model
+        raise ValueError(
+            f"method must be a reference-free registry loss, one of {sorted(REFERENCE_FREE)} (got {method!r})"
+        )
     eps = 0.0
-    if method == "rsimpo":
+    if "label_smoothing" in LOSSES[method].params:  # rSimPO-style losses: ε from the flip rate or fixed
         eps = flip_rate if cfg.rsimpo_epsilon == "flip_rate" else float(cfg.rsimpo_epsilon)
     return PreferenceLossConfig(
         name=method,

@@ -18,7 +18,21 @@ TRAIN = "#3b6fb6"
 VAL = "#d9822b"
 STEP_CMAP = "viridis"  # one colour per training step, early = dark
 METHOD_COLORS = {"simpo": "#7f7f7f", "gamma_simpo": "#c0392b", "rsimpo": "#2e86c1", "beta_simpo": "#27ae60"}
-METHOD_LABELS = {"simpo": "SimPO", "gamma_simpo": "γ-SimPO", "rsimpo": "rSimPO", "beta_simpo": "β-SimPO"}
+OTHER_COLORS = ("#8e44ad", "#d35400", "#16a085", "#2c3e50", "#b7950b", "#7b241c")
+
+
+def method_label(name: str) -> str:
+    """A loss's display label, from the registry (the name itself for anything else)."""
+    from nemo_gammapo.core.registry import LOSSES
+
+    return LOSSES[name].label if name in LOSSES else name
+
+
+def method_color(name: str) -> str:
+    """A fixed colour for the study's four methods; any other loss gets one from a palette by its name."""
+    if name in METHOD_COLORS:
+        return METHOD_COLORS[name]
+    return OTHER_COLORS[sum(map(ord, name)) % len(OTHER_COLORS)]
 
 
 def step_colors(n: int) -> list[Any]:
