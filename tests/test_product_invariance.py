@@ -183,14 +183,24 @@ def product_runs(tmp_path_factory) -> Runs:
     return results
 
 
-def _close(got: dict[tuple[int, str], float], expected: dict[tuple[int, str], float], key: tuple[int, str]) -> bool:
+# β-DPO's per-pair scale β_i/β = 1 + α·(M_i − M0) multiplies the margin by a function of the margins
+# (and of M0, a running mean of them), so the margins' float error enters its loss twice: measured
+# 1.04e-5 relative at DP2 × micro-batch 1 on this model, before and after the γ-PO changes.
+LOSS_REL_TOL = {"beta_dpo": 3e-5}
+
+
+def _close(
+    got: dict[tuple[int, str], float], expected: dict[tuple[int, str], float], key: tuple[int, str], loss: str = ""
+) -> bool:
     step, metric = key
     split, name = metric.split("/", 1)
-    abs_tol = 1e-7
+    abs_tol, rel_tol = 1e-7, 1e-5
     if name in DIFFERENCES:
         scale = max(abs(expected[(step, f"{split}/rewards_{side}_mean")]) for side in ("chosen", "rejected"))
         abs_tol = 1e-5 * max(scale, 1.0)
-    return math.isclose(got[key], expected[key], rel_tol=1e-5, abs_tol=abs_tol)
+    if name == "loss":
+        rel_tol = LOSS_REL_TOL.get(loss, rel_tol)
+    return math.isclose(got[key], expected[key], rel_tol=rel_tol, abs_tol=abs_tol)
 
 
 @pytest.mark.parametrize("key", GRID, ids=["-".join(k) for k in GRID])
@@ -208,7 +218,7 @@ def test_layout_matches_one_process(product_runs: Runs, key: Key) -> None:
     for rank, result in enumerate(ranks):
         got = series(result)
         assert got.keys() == expected.keys(), f"rank {rank} logged different metrics"
-        bad = {k: (got[k], expected[k]) for k in expected if not _close(got, expected, k)}
+        bad = {k: (got[k], expected[k]) for k in expected if not _close(got, expected, k, loss)}
         assert not bad, f"rank {rank} differs from one process (step, metric): (layout, one process): {bad}"
     reference = ref["gamma_state"]["reference"]
     if reference is not None:  # β-DPO's M0 / KTO's z_ref after the last step
