@@ -127,6 +127,7 @@ def aligner_train_worker(
         "reference_free": result.reference_free,
         "holds_reference_weights": result.holds_reference_weights,
         "gamma_state": result.gamma_state,
+        "stopped_on_request": result.stopped_on_request,
     }
 
 
@@ -205,11 +206,13 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
     """Like :func:`aligner_runs_worker`, for runs that may stop on a user error.
 
     A run entry may add ``poison_before_step: k``: just before training step ``k`` (0-based) every
-    weight is multiplied by NaN on every rank — a fault injected into the model, not into the guard.
+    weight is multiplied by NaN on every rank — a fault injected into the model, not into the guard;
+    and ``signal_before_step: (rank, k)``: that rank sends itself ``SIGUSR1`` just before step ``k``.
     A run that stops on a :class:`~nemo_gammapo.aligner.errors.UserError` returns ``{"error": str}``;
     every result lists the run's checkpoint directory as the run left it (``checkpoints_after``).
     """
     import os
+    import signal
 
     from megatron.core import parallel_state
     from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
@@ -223,8 +226,13 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
     for run in runs:
         run = dict(run)
         poison = run.pop("poison_before_step", None)
+        signal_at = run.pop("signal_before_step", None)  # (rank, step): that rank gets SIGUSR1 before that step
 
-        def train_single_step(self: Any, global_batch: Any, poison: int | None = poison) -> Any:
+        def train_single_step(
+            self: Any, global_batch: Any, poison: int | None = poison, signal_at: tuple | None = signal_at
+        ) -> Any:
+            if signal_at is not None and (rank, self.step) == tuple(signal_at):
+                os.kill(os.getpid(), signal.SIGUSR1)  # a real signal, through the installed handler
             if poison is not None and self.step == poison:
                 with torch.no_grad():
                     for p in self.model.parameters():

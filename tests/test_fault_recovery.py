@@ -7,6 +7,8 @@
 * Non-finite weights before step 4 (a fault injected into the model): every rank stops at step 4
   with one message naming the last good checkpoint (step 2), nothing of the bad state is saved,
   and re-running resumes from step 2 to the uninterrupted run's losses.
+* ``SIGUSR1`` to one rank before step 3: every rank finishes step 3, checkpoints it and exits
+  cleanly; re-running continues at step 3 to the uninterrupted run's losses.
 * Two runs in one run_dir, and a ``kill -9`` of the launcher: the second run is refused in seconds,
   naming the holder; no worker survives its launcher, and the dead run's lock counts as stale.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import psutil
 import pytest
-from dist_workers import aligner_fault_runs_worker, aligner_killed_in_save_worker
+from dist_workers import aligner_fault_runs_worker, aligner_killed_in_save_worker, same_state
 
 from nemo_gammapo.aligner.checkpoints import SET_ASIDE_DIR, UNFINISHED_SUFFIX
 from nemo_gammapo.aligner.run_dir import RunDirLock
@@ -53,9 +55,12 @@ def fault_runs(tmp_path_factory) -> dict[str, Any]:
         killed,  # the same command again
         {"run_dir": str(root / "nan"), "overrides": BASE, "poison_before_step": 3},
         {"run_dir": str(root / "nan"), "overrides": BASE},  # the same command again, no fault
+        {"run_dir": str(root / "signal"), "overrides": BASE, "signal_before_step": (1, 2)},  # rank 1 only
+        {"run_dir": str(root / "signal"), "overrides": BASE},  # the same command again
     ]
     per_rank = run_on_ranks(aligner_fault_runs_worker, 2, 900, {"runs": plan}, init_process_group=False)
-    for name, ranks in zip(["clean", "rerun_killed", "nan", "rerun_nan"], zip(*per_rank, strict=True), strict=True):
+    names = ["clean", "rerun_killed", "nan", "rerun_nan", "signal", "rerun_signal"]
+    for name, ranks in zip(names, zip(*per_rank, strict=True), strict=True):
         out[name] = list(ranks)
     return out
 
@@ -78,6 +83,7 @@ def test_kill_during_a_save_resumes_from_the_newest_complete_checkpoint(fault_ru
         rerun = train_losses(rank)
         assert sorted(rerun) == [4, 5]  # resumed after step 4, not after step 2
         assert rerun == {step: clean[step] for step in (4, 5)}
+        assert same_state(rank["gamma_state"], fault_runs["clean"][0]["gamma_state"])  # the margin queue too
 
 
 def test_non_finite_step_stops_every_rank_unsaved_and_resume_picks_the_last_good_checkpoint(fault_runs) -> None:
@@ -94,7 +100,22 @@ def test_non_finite_step_stops_every_rank_unsaved_and_resume_picks_the_last_good
         rerun = train_losses(rank)
         assert sorted(rerun) == [2, 3, 4, 5]
         assert rerun == {step: clean[step] for step in (2, 3, 4, 5)}
+        assert same_state(rank["gamma_state"], fault_runs["clean"][0]["gamma_state"])
         assert all(r["train/gamma_po/nonfinite_pairs"] == 0 for r in rank["history"] if "train/loss" in r)
+
+
+def test_sigusr1_to_one_rank_stops_every_rank_after_a_checkpoint_and_loses_no_step(fault_runs) -> None:
+    """A stop request (as a scheduler's warning signal) finishes the step, checkpoints it, exits cleanly."""
+    stopped = fault_runs["signal"]
+    assert [r["stopped_on_request"] for r in stopped] == [True, True]
+    assert all(sorted(train_losses(r)) == [0, 1, 2] for r in stopped)  # rank 1 got it before step 3: 3 steps done
+    assert any("-step=3-" in name for name in stopped[0]["checkpoints_after"]), stopped[0]["checkpoints_after"]
+    clean = train_losses(fault_runs["clean"][0])
+    for rank in fault_runs["rerun_signal"]:
+        rerun = train_losses(rank)
+        assert sorted(rerun) == [3, 4, 5] and not rank["stopped_on_request"]  # no completed step lost or redone
+        assert rerun == {step: clean[step] for step in (3, 4, 5)}
+    assert same_state(fault_runs["rerun_signal"][0]["gamma_state"], fault_runs["clean"][0]["gamma_state"])
 
 
 def _launch(run_dir: Path, log: Path) -> subprocess.Popen:

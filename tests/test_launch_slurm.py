@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -176,8 +178,72 @@ def test_sbatch_headers_request_resume_and_one_task_per_gpu() -> None:
         text = path.read_text()
         for directive in ("--requeue", "--signal=B:USR1@", "--ntasks-per-node=8", "--gpus-per-node=8"):
             assert f"#SBATCH {directive}" in text, (path.name, directive)
-    common = (ROOT / "examples/slurm/common.sh").read_text()
-    assert "trap gammapo_requeue USR1" in common and 'scontrol requeue "$SLURM_JOB_ID"' in common
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# stands in for srun: a training step that checkpoints and exits 0 on USR1, like the real tasks
+trap 'echo "usr1" >> "$FAKE_LOG"; exit 0' USR1
+echo "started" >> "$FAKE_LOG"
+[[ "${FAKE_FINISH:-0}" == 1 ]] && exit 0
+for _ in $(seq 300); do sleep 0.1; done
+exit 7
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "scontrol $*" >> "$FAKE_LOG"
+"""
+
+
+@pytest.mark.parametrize(
+    "case,restarts,finish,rc,requeued",
+    [
+        ("usr1: tasks checkpoint, then requeue", "0", "0", 0, True),
+        ("usr1 past MAX_RESTARTS: no requeue", "3", "0", 1, False),
+        ("training ends by itself: no requeue", "0", "1", 0, False),
+    ],
+)
+def test_usr1_is_forwarded_to_the_tasks_before_the_job_requeues(
+    tmp_path: Path, case: str, restarts: str, finish: str, rc: int, requeued: bool
+) -> None:
+    """The batch script's trap, with stand-ins for srun and scontrol (no SLURM here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "fake.log"
+    env = clean_env(
+        NODES="1",
+        SLURM_JOB_ID="42",
+        SLURM_RESTART_COUNT=restarts,
+        MAX_RESTARTS="3",
+        MASTER_ADDR="node001",
+        RESULTS_DIR=str(tmp_path / "results"),
+        FAKE_LOG=str(log),
+        FAKE_FINISH=finish,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+    )
+    job = subprocess.Popen(
+        ["bash", str(ROOT / "examples/slurm/gammapo_single_node.sbatch")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "started" in log.read_text()):
+        assert time.monotonic() < deadline, job.communicate()
+        time.sleep(0.1)
+    if finish == "0":
+        time.sleep(0.3)  # the trap is set before srun starts
+        job.send_signal(signal.SIGUSR1)
+    out, err = job.communicate(timeout=60)
+    events = log.read_text().splitlines()
+    assert job.returncode == rc, (case, out, err, events)
+    assert ("usr1" in events) == (finish == "0"), events  # forwarded to the tasks, which stopped cleanly
+    assert ("scontrol requeue 42" in events) == requeued, events
+    if requeued:
+        assert events.index("usr1") < events.index("scontrol requeue 42")  # the tasks stopped first
 
 
 def test_docker_helpers_dry_run(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@
 #   TRAIN_FILE / VAL_FILE   file names inside DATA_DIR                [train.jsonl / val.jsonl]
 #   RUN_NAME        run folder under RESULTS_DIR; the same name resumes the same run   [$CONFIG]
 #   STOP_AFTER_STEPS  end this job after N steps with a checkpoint (fixed-length allocations)
+#   MAX_RESTARTS    requeue on USR1 at most this many times (SLURM_RESTART_COUNT)      [10]
 #   EXTRA_ARGS      more Hydra overrides, space separated (no spaces inside one override)
 #   EXTRA_MOUNTS    more container mounts, comma separated SRC:DST
 #   SRUN_ARGS       more srun options, space separated (e.g. --cpu-bind=verbose,none)
@@ -145,10 +146,28 @@ gammapo_print() {
     done
 }
 
-# gammapo_requeue: on USR1 (sent before the time limit, see --signal) put the job back in the queue;
-# the next run finds the last checkpoint under RESULTS_DIR/RUN_NAME and resumes from it.
+# On USR1 (sent before the time limit, see --signal, or by `scancel -b --signal=USR1`) the batch
+# shell forwards it to srun, which signals every training task: each finishes its current step,
+# writes a checkpoint and exits 0 (nemo_gammapo.aligner.stop_request). Only then is the job put
+# back in the queue, so the next run resumes from that checkpoint; at most MAX_RESTARTS times.
+GAMMAPO_STOP_REQUESTED=0
+GAMMAPO_INTERRUPTED=0
+GAMMAPO_SRUN_PID=""
+gammapo_on_usr1() {
+    echo "gammapo: stop requested (USR1): the training tasks checkpoint and exit, then the job requeues"
+    GAMMAPO_STOP_REQUESTED=1
+    GAMMAPO_INTERRUPTED=1
+    [[ -n "$GAMMAPO_SRUN_PID" ]] && kill -USR1 "$GAMMAPO_SRUN_PID" 2> /dev/null
+    return 0
+}
+
 gammapo_requeue() {
-    echo "gammapo: time limit near; requeueing job $SLURM_JOB_ID (restart $((${SLURM_RESTART_COUNT:-0} + 1)))"
+    local restarts=${SLURM_RESTART_COUNT:-0}
+    if (( restarts >= ${MAX_RESTARTS:-10} )); then
+        echo "gammapo: not requeueing job $SLURM_JOB_ID: $restarts restarts reached MAX_RESTARTS=${MAX_RESTARTS:-10}" >&2
+        return 1
+    fi
+    echo "gammapo: requeueing job $SLURM_JOB_ID (restart $((restarts + 1)))"
     scontrol requeue "$SLURM_JOB_ID"
 }
 
@@ -167,11 +186,19 @@ gammapo_main() {
     [[ -n "${SLURM_JOB_ID:-}" ]] || gammapo_fail "not inside a SLURM job: submit with sbatch, or set DRY_RUN=1"
     mkdir -p "$LOG_DIR"
     gammapo_print
-    trap gammapo_requeue USR1
+    trap gammapo_on_usr1 USR1
     "${SRUN_CMD[@]}" &
-    local pid=$!
-    wait "$pid"  # returns early when USR1 arrives; the trap then requeues
-    local rc=$?
-    wait "$pid" 2> /dev/null
+    GAMMAPO_SRUN_PID=$!
+    local rc=0 again
+    wait "$GAMMAPO_SRUN_PID" || rc=$?
+    while [[ "$GAMMAPO_INTERRUPTED" == 1 ]]; do  # the trap cut `wait` short: wait for srun itself
+        GAMMAPO_INTERRUPTED=0
+        again=0
+        wait "$GAMMAPO_SRUN_PID" || again=$?
+        if [[ "$again" != 127 ]]; then rc=$again; fi  # 127: srun had already been reaped; keep its status
+    done
+    if [[ "$GAMMAPO_STOP_REQUESTED" == 1 && "$rc" == 0 ]]; then
+        gammapo_requeue || rc=1
+    fi
     return "$rc"
 }

@@ -5,7 +5,8 @@ the norm only when gradient clipping computes one) are checked, and after every 
 validation loss. The verdict is all-reduced once per step — one tiny collective, no extra host sync
 per micro-batch — so every rank stops at the same step. The check runs before
 NeMo-Aligner's save of that step, so no checkpoint of a non-finite model is written and resume
-(:mod:`nemo_gammapo.aligner.checkpoints`) picks the last good one.
+(:mod:`nemo_gammapo.aligner.checkpoints`) picks the last good one. The same all-reduce agrees on a
+stop request (:mod:`nemo_gammapo.aligner.stop_request`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from nemo_aligner.algorithms.dpo import DPOTrainer
 
 from nemo_gammapo.aligner.checkpoints import newest_complete
 from nemo_gammapo.aligner.errors import NonFiniteTraining
+from nemo_gammapo.aligner.stop_request import StopRequest
 
 
 def _finite(value: Any) -> bool:
@@ -28,14 +30,21 @@ def _finite(value: Any) -> bool:
 class GuardedDPOTrainer(DPOTrainer):
     """``DPOTrainer`` that raises :class:`NonFiniteTraining` on every rank at the first bad step."""
 
-    def __init__(self, *args: Any, checkpoint_dir: Path, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, checkpoint_dir: Path, stop_request: StopRequest | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.checkpoint_dir = Path(checkpoint_dir)
+        self.stop_request = stop_request or StopRequest()
 
-    def _all_finite(self, *values: Any) -> bool:
-        ok = torch.tensor([float(all(_finite(v) for v in values))], device=torch.cuda.current_device())
-        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-        return bool(ok.item())
+    def _agree(self, *values: Any) -> bool:
+        """All values finite on every rank? Also agrees on a stop request (one all-reduce)."""
+        flags = [float(not all(_finite(v) for v in values)), float(self.stop_request.local)]
+        agreed = torch.tensor(flags, device=torch.cuda.current_device())
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        bad, stop = agreed.tolist()
+        self.stop_request.agreed = self.stop_request.agreed or bool(stop)
+        return not bad
 
     def _stop(self, step: int, what: str) -> None:
         """Raise naming the step (counted like checkpoint names: ``step=N`` is after N steps)."""
@@ -53,12 +62,12 @@ class GuardedDPOTrainer(DPOTrainer):
     def train_single_step(self, global_batch: Any) -> tuple[float, dict[str, Any]]:
         loss, metrics = super().train_single_step(global_batch)
         grad_norm = metrics.get("grad_norm")
-        if not self._all_finite(loss, grad_norm):
+        if not self._agree(loss, grad_norm):
             self._stop(self.step + 1, f"train loss={loss}, grad_norm={grad_norm}")
         return loss, metrics
 
     def run_validation(self) -> tuple[float, dict[str, Any]]:
         loss, metrics = super().run_validation()
-        if not self._all_finite(loss):
+        if not self._agree(loss):
             self._stop(self.step, f"validation loss={loss}")  # fit() has already counted the step
         return loss, metrics

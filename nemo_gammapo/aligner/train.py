@@ -21,6 +21,7 @@ from nemo_gammapo.aligner.checkpoints import newest_complete, set_aside_unusable
 from nemo_gammapo.aligner.errors import global_rank
 from nemo_gammapo.aligner.preflight import check_layout, preflight, validate_config
 from nemo_gammapo.aligner.run_dir import RunDirLock
+from nemo_gammapo.aligner.stop_request import StopRequest
 from nemo_gammapo.artifacts.metrics import append_record, metrics_record
 
 __all__ = ["MetricsHistory", "RunLimit", "TrainResult", "train", "validate_config"]
@@ -35,6 +36,7 @@ class TrainResult:
     reference_free: bool = False
     holds_reference_weights: bool = False
     gamma_state: dict[str, Any] | None = None  # the final margin-queue state (the last pipeline stage's)
+    stopped_on_request: bool = False  # ended early on SIGUSR1, after a checkpoint
 
 
 class MetricsHistory:
@@ -51,15 +53,17 @@ class MetricsHistory:
 
 
 class RunLimit:
-    """NeMo-Aligner's run timer plus an optional step budget for this job.
+    """NeMo-Aligner's run timer plus an optional step budget and a stop request for this job.
 
     ``trainer.dpo.stop_after_steps: k`` ends the job after ``k`` steps *of this run* exactly as a
     time limit would — checkpoint, then exit — without touching ``max_steps`` (which sets the
-    learning-rate schedule). Useful for fixed-length cluster allocations and resume tests.
+    learning-rate schedule). Useful for fixed-length cluster allocations and resume tests. A stop
+    request all ranks agreed on (``SIGUSR1``, :mod:`nemo_gammapo.aligner.stop_request`) does the same.
     """
 
-    def __init__(self, timer: Any, stop_after_steps: int | None) -> None:
+    def __init__(self, timer: Any, stop_after_steps: int | None, stop_request: StopRequest | None = None) -> None:
         self.timer, self.stop_after_steps, self.steps = timer, stop_after_steps, 0
+        self.stop_request = stop_request
 
     def start_time(self) -> None:
         self.timer.start_time()
@@ -67,7 +71,8 @@ class RunLimit:
     def is_finished(self) -> bool:  # DPOTrainer calls this once after every step
         self.steps += 1
         over_budget = self.stop_after_steps is not None and self.steps >= self.stop_after_steps
-        return over_budget or self.timer.is_finished()
+        requested = self.stop_request is not None and self.stop_request.agreed
+        return over_budget or requested or self.timer.is_finished()
 
 
 def resolved_run_config(cfg: DictConfig) -> DictConfig:
@@ -223,8 +228,10 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     ckpt_callback = add_custom_checkpoint_callback(trainer, model)
     logger.log_hyperparams(OmegaConf.to_container(cfg))
 
+    stop_request = StopRequest()
     dpo_trainer = GuardedDPOTrainer(
         checkpoint_dir=run_dir / "checkpoints",
+        stop_request=stop_request,
         cfg=cfg.trainer.dpo,
         model=model,
         optimizer=optimizer,
@@ -241,12 +248,24 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         ),
         logger=logger,
         ckpt_callback=ckpt_callback,
-        run_timer=RunLimit(Timer(cfg.exp_manager.get("max_time_per_run")), cfg.trainer.dpo.get("stop_after_steps")),
+        run_timer=RunLimit(
+            Timer(cfg.exp_manager.get("max_time_per_run")), cfg.trainer.dpo.get("stop_after_steps"), stop_request
+        ),
         pad_length_to_multiple_of=data.get("pad_length_to_multiple_of"),
     )
     if trainer_state:
         dpo_trainer.load_state_dict(trainer_state)
-    dpo_trainer.fit()
+    stop_request.install()
+    try:
+        dpo_trainer.fit()
+    finally:
+        stop_request.uninstall()
+    if stop_request.agreed and trainer.global_rank == 0:
+        print(
+            f"nemo-gammapo train: stopped on request (SIGUSR1) after step {dpo_trainer.step}, with a checkpoint; "
+            "re-running the same command resumes from it",
+            flush=True,
+        )
     torch.distributed.barrier()
     return TrainResult(
         run_dir=run_dir,
@@ -254,4 +273,5 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         reference_free=model.reference_free,
         holds_reference_weights=model.ref_policy_state_dict is not None,
         gamma_state=broadcast_from_last_stage(model.gamma_po.state_dict()) if model.gamma_po is not None else None,
+        stopped_on_request=stop_request.agreed,
     )
