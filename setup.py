@@ -16,11 +16,16 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
-    # The training configs ship inside the package as nemo_gammapo.conf (see nemo_gammapo/configs.py);
-    # the top-level conf/ folder stays their only source.
-    packages=[*find_packages(include=["nemo_gammapo", "nemo_gammapo.*"]), "nemo_gammapo.conf"],
-    package_dir={"nemo_gammapo.conf": "conf"},
-    package_data={"nemo_gammapo.conf": ["*.yaml"]},
+    # The training configs and the bundled demo data ship inside the package as nemo_gammapo.conf and
+    # nemo_gammapo.demo_data (see nemo_gammapo/configs.py); the top-level conf/ and data/demo/ folders
+    # stay their only source.
+    packages=[
+        *find_packages(include=["nemo_gammapo", "nemo_gammapo.*"]),
+        "nemo_gammapo.conf",
+        "nemo_gammapo.demo_data",
+    ],
+    package_dir={"nemo_gammapo.conf": "conf", "nemo_gammapo.demo_data": "data/demo"},
+    package_data={"nemo_gammapo.conf": ["*.yaml"], "nemo_gammapo.demo_data": ["*.jsonl"]},
     install_requires=["torch>=2.2"],
     entry_points={"console_scripts": ["nemo-gammapo=nemo_gammapo.cli:main"]},
     extras_require={

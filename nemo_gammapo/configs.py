@@ -14,6 +14,27 @@ from pathlib import Path
 
 # Every config directory holds this one (the documented full config), which identifies it.
 DEFAULT_CONFIG = "gpt_gammapo"
+_CHECKOUT = Path(__file__).resolve().parent.parent  # the repository root, when run from a checkout
+
+
+def _packaged_or_checkout(package: str, marker: str, checkout: Path) -> Path:
+    """The folder of ``package``'s data in an installed wheel, else ``checkout``; must hold ``marker``."""
+    try:
+        # A folder without __init__.py is a namespace package: a MultiplexedPath, whose files are Paths.
+        installed = Path(str(importlib.resources.files(package).joinpath(marker))).parent
+    except ModuleNotFoundError:
+        installed = None
+    for folder in (installed, checkout):
+        if folder is not None and (folder / marker).is_file():
+            return folder
+    looked = ", ".join(str(f) for f in (installed, checkout) if f is not None)
+    raise FileNotFoundError(f"no {marker} in {looked}; reinstall nemo_gammapo")
+
+
+def demo_data_dir() -> Path:
+    """The bundled demo data (``train.jsonl``, ``validation.jsonl``): the checkout's ``data/demo/``
+    or the copy an installed wheel carries as ``nemo_gammapo.demo_data``."""
+    return _packaged_or_checkout("nemo_gammapo.demo_data", "train.jsonl", _CHECKOUT / "data" / "demo")
 
 
 def config_dir() -> Path:
@@ -22,15 +43,4 @@ def config_dir() -> Path:
     Raises ``FileNotFoundError`` naming the places looked at when neither the installed
     ``nemo_gammapo.conf`` package data nor a checkout's ``conf/`` holds ``gpt_gammapo.yaml``.
     """
-    marker = f"{DEFAULT_CONFIG}.yaml"
-    try:
-        # A folder without __init__.py is a namespace package: a MultiplexedPath, whose files are Paths.
-        installed = Path(str(importlib.resources.files("nemo_gammapo.conf").joinpath(marker))).parent
-    except ModuleNotFoundError:
-        installed = None
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    for folder in (installed, checkout):
-        if folder is not None and (folder / marker).is_file():
-            return folder
-    looked = ", ".join(str(f) for f in (installed, checkout) if f is not None)
-    raise FileNotFoundError(f"no training configs ({marker}) in {looked}; reinstall nemo_gammapo")
+    return _packaged_or_checkout("nemo_gammapo.conf", f"{DEFAULT_CONFIG}.yaml", _CHECKOUT / "conf")

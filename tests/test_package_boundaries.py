@@ -124,7 +124,7 @@ def _copy_sources(dest: Path) -> None:
     dest.mkdir()
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
-    for name in ("nemo_gammapo", "conf"):
+    for name in ("nemo_gammapo", "conf", "data/demo"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
@@ -184,3 +184,19 @@ def test_built_wheel_carries_the_configs_and_every_cli_finds_them(tmp_path: Path
     assert "checks passed: 2 processes" in check.stdout
     worker = run("-c", "import importlib.util as u; print(u.find_spec('nemo_gammapo.aligner.entry').origin)")
     assert Path(worker.stdout.strip()).is_relative_to(site), worker.stdout + worker.stderr
+
+    # the bundled demo data ships too, and the NeMo benchmark's runs point the tiny presets at it
+    demo = run(
+        "-c",
+        "from omegaconf import OmegaConf\n"
+        "from nemo_gammapo.bench.nemo_step import use_bundled_demo_data\n"
+        "from nemo_gammapo.configs import demo_data_dir\n"
+        "cfg = OmegaConf.create({'model': {'data': {'data_prefix': {'train': ['data/demo/train.jsonl'],"
+        " 'validation': ['data/demo/validation.jsonl']}}}})\n"
+        "use_bundled_demo_data(cfg)\n"
+        "print(demo_data_dir()); print(cfg.model.data.data_prefix.train[0])",
+    )
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    demo_dir, train_file = (Path(line) for line in demo.stdout.split())
+    assert demo_dir == site / "nemo_gammapo" / "demo_data"
+    assert train_file == demo_dir / "train.jsonl" and train_file.read_bytes() == (data / "train.jsonl").read_bytes()

@@ -27,10 +27,11 @@ def train_preset(world_size: int, run_dir: str, overrides: list[str], config_nam
     For a rank started by :func:`~nemo_gammapo.distributed.process_groups.run_on_ranks` with
     ``init_process_group=False`` (PyTorch Lightning creates the group from the torchrun environment).
     ``run_dir`` and ``trainer.devices = world_size`` are set before ``overrides``. The working
-    directory becomes the repository root, which the presets' relative data paths (``data/demo/``)
-    are relative to; the NeMo CPU patches are applied when CUDA is absent.
+    directory becomes the repository root in a checkout; the presets' ``data/demo/`` paths point at
+    the bundled demo data wherever it is installed; the NeMo CPU patches are applied when CUDA is absent.
     """
-    os.chdir(ROOT)
+    if (ROOT / "conf").is_dir():  # a checkout: relative paths of the presets and callers resolve here
+        os.chdir(ROOT)
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
     maybe_apply_cpu_patches(nemo=True)
@@ -41,7 +42,24 @@ def train_preset(world_size: int, run_dir: str, overrides: list[str], config_nam
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose(config_name, overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
+    use_bundled_demo_data(cfg)
     return train(cfg)
+
+
+DEMO_PREFIX = "data/demo/"  # how the tiny presets name the bundled data (relative to a checkout)
+
+
+def use_bundled_demo_data(cfg: Any) -> None:
+    """Point the presets' ``data/demo/...`` paths at the bundled demo data wherever it is installed."""
+    from nemo_gammapo.configs import demo_data_dir
+
+    prefix = cfg.model.data.data_prefix
+    for split in ("train", "validation"):
+        paths = [str(p) for p in prefix[split]]
+        if any(p.startswith(DEMO_PREFIX) for p in paths):
+            prefix[split] = [
+                str(demo_data_dir() / p[len(DEMO_PREFIX) :]) if p.startswith(DEMO_PREFIX) else p for p in paths
+            ]
 
 
 def nemo_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> dict[str, Any]:
