@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.resources
 from pathlib import Path
+from typing import Any
 
 # Every config directory holds this one (the documented full config), which identifies it.
 DEFAULT_CONFIG = "gpt_gammapo"
@@ -44,3 +45,19 @@ def config_dir() -> Path:
     ``nemo_gammapo.conf`` package data nor a checkout's ``conf/`` holds ``gpt_gammapo.yaml``.
     """
     return _packaged_or_checkout("nemo_gammapo.conf", f"{DEFAULT_CONFIG}.yaml", _CHECKOUT / "conf")
+
+
+def compose(config_name: str, overrides: list[str] | None = None, conf_dir: Path | None = None) -> Any:
+    """Compose ``<conf_dir>/<config_name>.yaml`` with Hydra, as the training entry point does.
+
+    ``conf_dir`` defaults to :func:`config_dir`. NeMo's ``multiply`` resolver (used by the
+    ``exp_manager`` settings) is registered first when NeMo has not done so; nothing is resolved.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("multiply"):
+        OmegaConf.register_new_resolver("multiply", lambda x, y: x * y)
+    with initialize_config_dir(config_dir=str(Path(conf_dir or config_dir()).resolve()), version_base=None):
+        return hydra_compose(config_name, overrides=list(overrides or []))

@@ -150,6 +150,25 @@ def aligner_killed_worker(rank: int, world_size: int, run: dict[str, Any], kill_
     aligner_train_worker(rank, world_size, **run)
 
 
+def reset_between_runs(rank: int) -> None:
+    """Tear down what a fresh process would not have — the model-parallel state, the micro-batch
+    calculator (runs may differ in batch sizes) and the process group — and agree on a new port."""
+    import os
+
+    from megatron.core import parallel_state
+    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
+
+    from nemo_gammapo.distributed.process_groups import free_port
+
+    port = [free_port() if rank == 0 else None]
+    dist.broadcast_object_list(port, src=0)
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    destroy_num_microbatches_calculator()
+    dist.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port[0])
+
+
 def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Several training runs, one after another, in the same processes (imports paid once).
 
@@ -159,25 +178,13 @@ def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) 
     restoring a ``.nemo`` only when no process group exists; PP > 1 needs them then) — and the
     ranks agree on a new rendezvous port.
     """
-    import os
     import time
-
-    from megatron.core import parallel_state
-    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
-
-    from nemo_gammapo.distributed.process_groups import free_port
 
     results = []
     for run in runs:
         start = time.monotonic()
         results.append({**aligner_train_worker(rank, world_size, **run), "wall_s": time.monotonic() - start})
-        port = [free_port() if rank == 0 else None]
-        dist.broadcast_object_list(port, src=0)
-        if parallel_state.model_parallel_is_initialized():
-            parallel_state.destroy_model_parallel()
-        destroy_num_microbatches_calculator()  # runs may differ in batch sizes
-        dist.destroy_process_group()
-        os.environ["MASTER_PORT"] = str(port[0])
+        reset_between_runs(rank)
     return results
 
 
@@ -214,12 +221,8 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
     import os
     import signal
 
-    from megatron.core import parallel_state
-    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
-
     from nemo_gammapo.aligner import finite_guard
     from nemo_gammapo.aligner.errors import UserError
-    from nemo_gammapo.distributed.process_groups import free_port
 
     upstream = finite_guard.GuardedDPOTrainer.train_single_step
     results = []
@@ -250,13 +253,7 @@ def aligner_fault_runs_worker(rank: int, world_size: int, runs: list[dict[str, A
         results[-1]["checkpoints_after"] = (
             sorted(p.name for p in checkpoint_dir.iterdir()) if checkpoint_dir.is_dir() else []
         )
-        port = [free_port() if rank == 0 else None]
-        dist.broadcast_object_list(port, src=0)
-        if parallel_state.model_parallel_is_initialized():
-            parallel_state.destroy_model_parallel()
-        destroy_num_microbatches_calculator()
-        dist.destroy_process_group()
-        os.environ["MASTER_PORT"] = str(port[0])
+        reset_between_runs(rank)
     return results
 
 

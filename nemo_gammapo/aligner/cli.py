@@ -45,20 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def compose(config_dir: Path, config_name: str, overrides: list[str]):  # -> DictConfig
-    """The run's configuration, as Hydra composes it for the entry point."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """The run's configuration, as Hydra composes it for the entry point; errors name the override."""
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if not OmegaConf.has_resolver("multiply"):  # NeMo's resolver, used by exp_manager settings
-        OmegaConf.register_new_resolver("multiply", lambda x, y: x * y)
+    from nemo_gammapo.configs import compose as compose_config
+
     if not (config_dir / f"{config_name}.yaml").is_file():
         raise ConfigError(f"--config-name {config_name}: no {config_name}.yaml in {config_dir}")
     try:
-        with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
-            return hydra_compose(config_name, overrides=overrides)
+        return compose_config(config_name, overrides, config_dir)
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(
             "override: " + " ".join(line.strip() for line in str(e).splitlines() if line.strip())
@@ -114,13 +110,7 @@ def launch(args: argparse.Namespace, nproc: int, nnodes: int) -> int:
         run(get_args_parser().parse_args([*torchrun, *script, *args.overrides]))
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        if failure.exitcode not in {cls.exit_code for cls in _user_errors()}:
+        if failure.exitcode not in {cls.exit_code for cls in (UserError, *UserError.__subclasses__())}:
             print(f"{PROG}: error: worker rank {rank} failed with exit code {failure.exitcode} (see its output above)")
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
-
-
-def _user_errors() -> list[type[UserError]]:
-    from nemo_gammapo.aligner.errors import NonFiniteTraining, RunDirBusy
-
-    return [UserError, ConfigError, RunDirBusy, NonFiniteTraining]

@@ -57,7 +57,8 @@ def loss_configs(dpo_cfg: DictConfig | dict, prefix: str = "model.dpo") -> tuple
     """Build the loss and γ configs from ``model.dpo``; every error names its key.
 
     A ``loss_params`` entry the chosen loss does not read (see each loss's ``params`` in
-    :data:`nemo_gammapo.core.registry.LOSSES`) is an error, so a value never silently does nothing.
+    :data:`nemo_gammapo.core.registry.LOSSES`) is an error, so a value never silently does nothing;
+    so is a γ-PO loss without a base margin (γ0 = 0 would make every γ_i 0).
     """
     dpo = _plain(dpo_cfg)
     name = dpo.get("preference_loss")
@@ -72,6 +73,15 @@ def loss_configs(dpo_cfg: DictConfig | dict, prefix: str = "model.dpo") -> tuple
         raise ConfigError(
             f"{prefix}.loss_params.{unused[0]} is not used by preference_loss={name} (its loss_params: "
             f"{list(LOSSES[name].params) or 'none'}); remove it or set it to null"
+        )
+    spec = LOSSES[name]
+    ratio = dpo.get("gamma_beta_ratio")
+    if ratio is None and (spec.gamma or spec.uses_gamma0):
+        raise ConfigError(f"{prefix}.gamma_beta_ratio is required by preference_loss={name} (γ0 = ratio · β)")
+    if spec.gamma and isinstance(ratio, int | float) and ratio <= 0:
+        raise ConfigError(
+            f"{prefix}.gamma_beta_ratio must be > 0 for preference_loss={name} (got {ratio!r}): with γ0 = 0 "
+            "every γ_i is 0 and the run is margin-free; use a non-γ loss for that"
         )
     values = {field: dpo.get(key) for key, field in ALIGNER_KEYS.items()}
     values |= {field: dpo.get(field) for field in TOP_LEVEL_FIELDS}

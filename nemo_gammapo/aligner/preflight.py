@@ -31,7 +31,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from nemo_gammapo.aligner.config import ALIGNER_KEYS, ALIGNER_NATIVE_LOSSES, TOP_LEVEL_FIELDS, dump_config, loss_configs
 from nemo_gammapo.aligner.errors import ConfigError
 from nemo_gammapo.core.config import GammaConfig, GammaDumpConfig, PreferenceLossConfig
-from nemo_gammapo.core.registry import LOSSES
 
 # model.dpo keys NeMo-Aligner's MegatronGPTDPOModel reads besides the ones it shares with our loss config.
 ALIGNER_ONLY_DPO_KEYS = frozenset(
@@ -86,17 +85,7 @@ def check_dpo_section(dpo: DictConfig | Mapping[str, Any], prefix: str = "model.
     name = dpo.get("preference_loss")
     if name in ALIGNER_NATIVE_LOSSES:
         return
-    loss_configs(dpo, prefix)  # raises ConfigError naming the key
-    spec = LOSSES[name]
-    if spec.gamma or spec.uses_gamma0:
-        ratio = dpo.get("gamma_beta_ratio")
-        if ratio is None:
-            raise ConfigError(f"{prefix}.gamma_beta_ratio is required by preference_loss={name} (γ0 = ratio · β)")
-        if spec.gamma and ratio <= 0:
-            raise ConfigError(
-                f"{prefix}.gamma_beta_ratio must be > 0 for preference_loss={name} (got {ratio!r}): with γ0 = 0 "
-                "every γ_i is 0 and the run is margin-free; use a non-γ loss for that"
-            )
+    loss_configs(dpo, prefix)  # raises ConfigError naming the key (γ0 > 0 for γ-PO losses included)
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,13 @@ reader (:func:`read_dumps`) serves the plots and analyses and needs neither NeMo
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nemo_gammapo.artifacts.metrics import warn_stderr
 
 DUMP_DIR = "gamma_dumps"
 COLUMNS = ("step", "microbatch", "dp_rank", "pair", "margin", "gamma", "loss", "valid")
@@ -89,7 +90,7 @@ def read_dumps(run_dir: str | Path, warn: Callable[[str], None] | None = None) -
     files = sorted((run_dir / DUMP_DIR).glob("step_*.parquet"))
     if not files:
         raise FileNotFoundError(f"no {DUMP_DIR}/step_*.parquet under {run_dir} (is model.dpo.gamma_dump.every > 0?)")
-    warn = warn or (lambda message: print(f"WARNING: {message}", file=sys.stderr, flush=True))
+    warn = warn or warn_stderr
     frames = []
     for path in files:
         try:

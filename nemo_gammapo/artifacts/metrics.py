@@ -37,7 +37,8 @@ def append_record(path: str | Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _warn_stderr(message: str) -> None:
+def warn_stderr(message: str) -> None:
+    """The readers' default ``warn``: one ``WARNING:`` line on stderr."""
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
@@ -82,7 +83,7 @@ def read_metrics_file(path: str | Path, warn: Callable[[str], None] | None = Non
         except json.JSONDecodeError as e:
             problem = f"not JSON ({e.msg} at column {e.colno})"
         if problem is not None and i == len(lines) - 1:
-            (warn or _warn_stderr)(f"{path}:{lineno}: skipped a truncated last line ({problem})")
+            (warn or warn_stderr)(f"{path}:{lineno}: skipped a truncated last line ({problem})")
             break
         if problem is None:
             step = record.get("step")

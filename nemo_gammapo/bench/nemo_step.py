@@ -35,13 +35,10 @@ def train_preset(world_size: int, run_dir: str, overrides: list[str], config_nam
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
 
     maybe_apply_cpu_patches(nemo=True)
-    from hydra import compose, initialize_config_dir
-
     from nemo_gammapo.aligner.train import train
-    from nemo_gammapo.configs import config_dir
+    from nemo_gammapo.configs import compose
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = compose(config_name, overrides=[f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
+    cfg = compose(config_name, [f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
     use_bundled_demo_data(cfg)
     return train(cfg)
 

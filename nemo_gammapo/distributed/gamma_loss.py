@@ -85,14 +85,10 @@ class GammaPOLoss:
         self.gamma_config = gamma_config or GammaConfig()
         self.spec = get_loss_spec(loss_config.name)
         self.policy = (
-            GammaMarginPolicy(self.gamma_config, loss_config.gamma0, device=device)
-            if self.spec.gamma
-            else None
+            GammaMarginPolicy(self.gamma_config, loss_config.gamma0, device=device) if self.spec.gamma else None
         )
         # β-DPO's M0 / KTO's z_ref: a running mean over global micro-batches (checkpointed).
-        self.reference = (
-            MovingMean(loss_config.reference_momentum) if self.spec.running_reference is not None else None
-        )
+        self.reference = MovingMean(loss_config.reference_momentum) if self.spec.running_reference is not None else None
         self._dp_group = data_parallel_group
         self.pad_to = pad_to
         self.training = True

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemo_gammapo.configs import config_dir
+from nemo_gammapo.configs import compose
 from nemo_gammapo.launch.memory import RECOMPUTE_GRANULARITIES, Layout, Training
 
 # Mandatory (???) keys the planner does not need; placeholders let the config compose.
@@ -25,12 +25,9 @@ def compose_config(name: str, overrides: list[str] | None = None, conf_dir: Path
 
     ``conf_dir`` defaults to the package's config directory (:func:`~nemo_gammapo.configs.config_dir`).
     """
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    OmegaConf.register_new_resolver("multiply", lambda x, y: x * y, replace=True)  # as NeMo registers it
-    with initialize_config_dir(config_dir=str(conf_dir or config_dir()), version_base=None):
-        cfg = compose(name, overrides=[*PLACEHOLDERS, *(overrides or [])])
+    cfg = compose(name, [*PLACEHOLDERS, *(overrides or [])], conf_dir)
     OmegaConf.resolve(cfg)
     return cfg
 

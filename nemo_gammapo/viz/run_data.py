@@ -8,7 +8,6 @@ corrupt ``metrics.jsonl`` line before the last, which raises :class:`~nemo_gamma
 from __future__ import annotations
 
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,9 @@ from typing import Any
 import pandas as pd
 
 from nemo_gammapo.artifacts.dumps import DUMP_DIR, read_dumps
-from nemo_gammapo.artifacts.metrics import metrics_files, read_history
+from nemo_gammapo.artifacts.metrics import metrics_files, read_history, warn_stderr
 
 Warn = Callable[[str], None]
-
-
-def _warn_stderr(message: str) -> None:
-    print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def has_dumps(run_dir: str | Path) -> bool:
@@ -38,7 +33,7 @@ def load_dumps(run_dir: str | Path, warn: Warn | None = None) -> pd.DataFrame | 
     """
     if not has_dumps(run_dir):
         return None
-    warn = warn or _warn_stderr
+    warn = warn or warn_stderr
     try:
         frame = read_dumps(run_dir, warn=warn)
     except ValueError as e:  # every dump file was unreadable (each already warned about)
@@ -87,7 +82,7 @@ def run_hparams(run_dir: str | Path, warn: Warn | None = None) -> dict[str, floa
             found = _dpo_hparams(path)
         except (OSError, ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError, OmegaConfBaseException) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            (warn or _warn_stderr)(f"{path}: skipped, no readable β / γ settings ({first})")
+            (warn or warn_stderr)(f"{path}: skipped, no readable β / γ settings ({first})")
             continue
         if found is not None:
             return found
