@@ -8,6 +8,7 @@ import torch
 from dist_workers import aligner_runs_worker
 
 from nemo_gammapo.distributed.process_groups import run_on_ranks
+from nemo_gammapo.testing import slurm
 
 ALIGNER_STEPS = 40
 ALIGNER_LOSSES = {
@@ -117,3 +118,24 @@ def aligner_runs(tmp_path_factory) -> dict[str, Any]:
     per_rank = run_on_ranks(aligner_runs_worker, 2, 1500, {"runs": plan}, init_process_group=False)
     names = [*ALIGNER_LOSSES, "full", "stopped", "resumed", "nemo_a", "nemo_b", "lora_a", "lora_b", "plots"]
     return {"root": root, **{name: list(ranks) for name, ranks in zip(names, zip(*per_rank, strict=True), strict=True)}}
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Any:
+    """A real single-node SLURM cluster with accounting (scripts/slurm_cluster.sh) for the session.
+
+    Skips with the reason where it cannot start — or fails, with GAMMAPO_REQUIRE_SLURM=1 (CI).
+    """
+    import os
+
+    reason = slurm.why_unavailable()
+    required = os.environ.get(slurm.REQUIRE_ENV) == "1"
+    if reason is not None:
+        if required:
+            pytest.fail(f"{slurm.REQUIRE_ENV}=1 but {reason}")
+        pytest.skip(reason)
+    cluster = slurm.SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,6 +1,8 @@
 """SLURM scripts and Docker helpers: shellcheck-clean, and their dry runs print correct commands.
 
-No SLURM, pyxis or Docker is needed: every script has a DRY_RUN=1 mode that only prints.
+No SLURM, pyxis or Docker is needed here: every script has a DRY_RUN=1 mode that only prints, and
+the batch shell's stop-and-requeue logic is checked with stand-ins for srun and scontrol. The same
+scripts on a real SLURM cluster: tests/test_slurm_preemption.py.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ def test_dry_run_prints_correct_srun(tmp_path: Path, script: str, nodes: int) ->
         RESULTS_DIR=str(tmp_path / "res"),
         STOP_AFTER_STEPS="200",
         EXTRA_ARGS="model.dpo.gamma.tau=5.0",
+        GPUS_PER_NODE="8",
     )
     assert proc.returncode == 0, proc.stderr
     assert "export MASTER_ADDR=node001 MASTER_PORT=" in proc.stdout
@@ -145,23 +148,75 @@ def test_gpus_per_node_and_prebuilt_image(tmp_path: Path) -> None:
 
 
 def test_defaults_and_allocation_mismatch() -> None:
-    proc = dry_run("gammapo_multi_node.sbatch")
+    proc = dry_run("gammapo_multi_node.sbatch", GPUS_PER_NODE="8")
     assert proc.returncode == 0, proc.stderr
     srun, train = parse_srun(proc.stdout)
     assert option(srun, "nodes") == "4" and "--config-name" in train and "llama3_70b_instruct" in train
-    proc = dry_run("gammapo_single_node.sbatch")
+    proc = dry_run("gammapo_single_node.sbatch", GPUS_PER_NODE="8")
     srun, train = parse_srun(proc.stdout)
     assert option(srun, "nodes") == "1" and "llama3_8b_instruct" in train
     # inside an allocation the node count must agree with it
-    proc = dry_run("gammapo_multi_node.sbatch", NODES="8", SLURM_JOB_NUM_NODES="4")
+    proc = dry_run("gammapo_multi_node.sbatch", NODES="8", SLURM_JOB_NUM_NODES="4", GPUS_PER_NODE="8")
     assert proc.returncode != 0 and "allocation has 4 nodes" in proc.stderr
-    proc = dry_run("gammapo_multi_node.sbatch", SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="12345")
+    proc = dry_run("gammapo_multi_node.sbatch", SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="12345", GPUS_PER_NODE="8")
     srun, _ = parse_srun(proc.stdout)
     assert option(srun, "nodes") == "2" and "MASTER_PORT=32345" in proc.stdout
 
 
+@pytest.mark.parametrize(
+    "allocation,tasks,error",
+    [
+        ({}, None, "GPUS_PER_NODE must be set outside a SLURM job"),  # no silent default of 8
+        ({"SLURM_JOB_ID": "7"}, None, "sbatch --ntasks-per-node=N"),  # a job that says nothing
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "2"}, "2", None),  # CPU cluster, host mode
+        ({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "4"}, "4", None),  # --gpus-per-node only
+        ({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "8"}, "8", None),
+        ({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "8", "SLURM_NTASKS_PER_NODE": "2"}, None, "one task per GPU"),
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "2", "GPUS_PER_NODE": "4"}, None, "2 tasks per node"),
+    ],
+)
+def test_tasks_per_node_come_from_the_allocation(allocation: dict, tasks: str | None, error: str | None) -> None:
+    proc = dry_run("gammapo_single_node.sbatch", **allocation)
+    if error is not None:
+        assert proc.returncode == 2 and error in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        return
+    assert proc.returncode == 0, proc.stderr
+    srun, train = parse_srun(proc.stdout)
+    assert option(srun, "ntasks-per-node") == tasks and f"trainer.devices={tasks}" in train
+
+
+def test_host_mode_runs_the_hosts_python_on_host_paths(tmp_path: Path) -> None:
+    """CONTAINER_IMAGE set but empty: no pyxis flags at all (srun without pyxis rejects them)."""
+    python = tmp_path / "venv" / "bin" / "python"
+    proc = dry_run(
+        "gammapo_single_node.sbatch",
+        CONTAINER_IMAGE="",
+        GPUS_PER_NODE="2",
+        CONFIG="tiny_cpu",
+        PYTHON=str(python),
+        DATA_DIR=str(tmp_path / "my data"),  # a space survives the two levels of quoting
+        RESULTS_DIR=str(tmp_path / "res"),
+        MODEL_FILE="",  # the preset's own starting point
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "host mode" in proc.stdout
+    srun, train = parse_srun(proc.stdout)
+    assert not [a for a in srun if a.startswith("--container") or a.startswith("--no-container")], srun
+    assert option(srun, "chdir") == str(ROOT)
+    assert train[:3] == [str(python), "-u", "examples/train_gpt_gammapo.py"]
+    assert f"run_dir={tmp_path / 'res' / 'tiny_cpu'}" in train
+    assert f"model.data.data_prefix.train=[{tmp_path / 'my data' / 'train.jsonl'}]" in train
+    assert not [a for a in train if a.startswith("pretrained_checkpoint.")], train
+    assert "trainer.devices=2" in train
+    # without PYTHON: the checkout's .venv if it has one (README setup), else python3
+    proc = dry_run("gammapo_single_node.sbatch", CONTAINER_IMAGE="", GPUS_PER_NODE="1")
+    _, train = parse_srun(proc.stdout)
+    venv = ROOT / ".venv" / "bin" / "python"
+    assert train[0] == (str(venv) if venv.exists() else "python3")
+
+
 def test_not_in_a_job_without_dry_run() -> None:
-    env = clean_env(NODES="1")
+    env = clean_env(NODES="1", GPUS_PER_NODE="1")
     proc = subprocess.run(
         ["bash", str(ROOT / "examples/slurm/gammapo_single_node.sbatch")],
         cwd=ROOT,
@@ -173,19 +228,30 @@ def test_not_in_a_job_without_dry_run() -> None:
     assert proc.returncode == 2 and "not inside a SLURM job" in proc.stderr
 
 
-def test_sbatch_headers_request_resume_and_one_task_per_gpu() -> None:
+def test_sbatch_headers_request_resume_and_assume_no_hardware() -> None:
     for path in SBATCH:
         text = path.read_text()
-        for directive in ("--requeue", "--signal=B:USR1@", "--ntasks-per-node=8", "--gpus-per-node=8"):
+        for directive in ("--requeue", "--signal=B:USR1@"):
             assert f"#SBATCH {directive}" in text, (path.name, directive)
+        # GPU and task counts are the submitter's (clusters without GPU gres reject --gpus-per-node)
+        for directive in ("--gpus-per-node", "--ntasks-per-node", "--exclusive"):
+            assert f"#SBATCH {directive}" not in text, (path.name, directive)
 
 
 FAKE_SRUN = """#!/usr/bin/env bash
-# stands in for srun: a training step that checkpoints and exits 0 on USR1, like the real tasks
-trap 'echo "usr1" >> "$FAKE_LOG"; exit 0' USR1
+# stands in for srun: training steps; like the real rank 0, it takes the stop file after a step,
+# "checkpoints" and exits 0. FAKE_IGNORE_STOP=1: training ends on its own (exit 0) without taking it.
 echo "started" >> "$FAKE_LOG"
 [[ "${FAKE_FINISH:-0}" == 1 ]] && exit 0
-for _ in $(seq 300); do sleep 0.1; done
+for _ in $(seq 300); do
+    sleep 0.1
+    if [[ -e "$FAKE_STOP_FILE" ]]; then
+        if [[ "${FAKE_IGNORE_STOP:-0}" == 1 ]]; then echo "finished" >> "$FAKE_LOG"; exit 0; fi
+        rm "$FAKE_STOP_FILE"
+        echo "checkpointed and stopped" >> "$FAKE_LOG"
+        exit 0
+    fi
+done
 exit 7
 """
 FAKE_SCONTROL = """#!/usr/bin/env bash
@@ -194,32 +260,40 @@ echo "scontrol $*" >> "$FAKE_LOG"
 
 
 @pytest.mark.parametrize(
-    "case,restarts,finish,rc,requeued",
+    "case,restarts,finish,ignore,rc,requeued",
     [
-        ("usr1: tasks checkpoint, then requeue", "0", "0", 0, True),
-        ("usr1 past MAX_RESTARTS: no requeue", "3", "0", 1, False),
-        ("training ends by itself: no requeue", "0", "1", 0, False),
+        ("usr1: tasks checkpoint, then requeue", "0", "0", "0", 0, True),
+        ("usr1 past MAX_RESTARTS: no requeue", "3", "0", "0", 1, False),
+        ("training ends by itself: no requeue", "0", "1", "0", 0, False),
+        ("training ended before taking the request: no requeue", "0", "0", "1", 0, False),
     ],
 )
-def test_usr1_is_forwarded_to_the_tasks_before_the_job_requeues(
-    tmp_path: Path, case: str, restarts: str, finish: str, rc: int, requeued: bool
+def test_usr1_asks_the_tasks_to_stop_before_the_job_requeues(
+    tmp_path: Path, case: str, restarts: str, finish: str, ignore: str, rc: int, requeued: bool
 ) -> None:
-    """The batch script's trap, with stand-ins for srun and scontrol (no SLURM here)."""
+    """The batch shell's trap, with stand-ins for srun and scontrol (no SLURM here)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     log = tmp_path / "fake.log"
+    stop_file = tmp_path / "results" / "run" / ".nemo_gammapo" / "stop_requested"
+    stop_file.parent.mkdir(parents=True)
+    stop_file.write_text("left over from an earlier job\n")  # the job deletes it before starting
     env = clean_env(
         NODES="1",
+        GPUS_PER_NODE="1",
         SLURM_JOB_ID="42",
         SLURM_RESTART_COUNT=restarts,
         MAX_RESTARTS="3",
         MASTER_ADDR="node001",
         RESULTS_DIR=str(tmp_path / "results"),
+        RUN_NAME="run",
         FAKE_LOG=str(log),
         FAKE_FINISH=finish,
+        FAKE_IGNORE_STOP=ignore,
+        FAKE_STOP_FILE=str(stop_file),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
     )
     job = subprocess.Popen(
@@ -236,14 +310,16 @@ def test_usr1_is_forwarded_to_the_tasks_before_the_job_requeues(
         time.sleep(0.1)
     if finish == "0":
         time.sleep(0.3)  # the trap is set before srun starts
+        assert not stop_file.exists()  # the earlier job's request was dropped at start
         job.send_signal(signal.SIGUSR1)
     out, err = job.communicate(timeout=60)
     events = log.read_text().splitlines()
     assert job.returncode == rc, (case, out, err, events)
-    assert ("usr1" in events) == (finish == "0"), events  # forwarded to the tasks, which stopped cleanly
+    assert ("checkpointed and stopped" in events) == (finish == "0" and ignore == "0"), events
     assert ("scontrol requeue 42" in events) == requeued, events
     if requeued:
-        assert events.index("usr1") < events.index("scontrol requeue 42")  # the tasks stopped first
+        assert events.index("checkpointed and stopped") < events.index("scontrol requeue 42")  # tasks first
+    assert not stop_file.exists()  # taken by the tasks, or dropped by the batch shell
 
 
 def test_docker_helpers_dry_run(tmp_path: Path) -> None:

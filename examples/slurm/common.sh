@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # Shared by the γ-PO sbatch scripts in this folder (source it; do not run it).
 #
-# Builds the one `srun` command that starts NODES × GPUS_PER_NODE training tasks (one per GPU) in
-# the NGC container through pyxis/enroot, then either prints it (DRY_RUN=1) or runs it with
-# automatic requeue. Settings, all optional environment variables (defaults in brackets):
+# Builds the one `srun` command that starts NODES × GPUS_PER_NODE training tasks (one per GPU, or
+# one per CPU process in host mode on CPU), either in a container through pyxis/enroot or on the
+# host, then prints it (DRY_RUN=1) or runs it with clean stop-and-requeue. Settings, all optional
+# environment variables (defaults in brackets):
 #   CONFIG          conf/ name                                        [set by the sbatch script]
 #   NODES           nodes                       [$SLURM_JOB_NUM_NODES, else the script's default]
-#   GPUS_PER_NODE   tasks (GPUs) per node                         [$SLURM_GPUS_ON_NODE, else 8]
+#   GPUS_PER_NODE   training tasks per node (one per GPU)     [from the allocation: sbatch
+#                   --ntasks-per-node, else the GPUs it holds; required with DRY_RUN outside a job]
 #   CONTAINER_IMAGE pyxis image: registry image or .sqsh file          [nvcr.io#nvidia/nemo:25.02.01]
-#   MOUNT_REPO      1: mount this checkout at /opt/nemo_gammapo (for the plain NGC image);
-#                   0: use the copy installed in an image built by docker/build.sh           [1]
-#   DATA_DIR        host folder with train.jsonl / val.jsonl, mounted at /data          [$PWD/data]
-#   CKPT_DIR        host folder with the .nemo checkpoint, mounted at /ckpt              [$PWD/ckpt]
-#   RESULTS_DIR     host folder for runs (checkpoints, logs), mounted at /results     [$PWD/results]
-#   MODEL_FILE      .nemo file name inside CKPT_DIR                            [$CONFIG.nemo]
+#                   set but empty (CONTAINER_IMAGE=): host mode — no container, the host's Python
+#                   (PYTHON) and the host paths below as they are
+#   PYTHON          host mode: the Python that has nemo_gammapo  [REPO/.venv/bin/python if any, else python3]
+#   MOUNT_REPO      container: 1 mounts this checkout at /opt/nemo_gammapo (for the plain NGC
+#                   image); 0 uses the copy installed in an image built by docker/build.sh   [1]
+#   DATA_DIR        host folder with train.jsonl / val.jsonl (container: mounted at /data)  [$PWD/data]
+#   CKPT_DIR        host folder with the .nemo checkpoint (container: mounted at /ckpt)     [$PWD/ckpt]
+#   RESULTS_DIR     host folder for runs (container: mounted at /results)              [$PWD/results]
+#   MODEL_FILE      .nemo file name inside CKPT_DIR; empty: the config's own
+#                   pretrained_checkpoint (e.g. the tiny presets start from random weights) [$CONFIG.nemo]
 #   TRAIN_FILE / VAL_FILE   file names inside DATA_DIR                [train.jsonl / val.jsonl]
 #   RUN_NAME        run folder under RESULTS_DIR; the same name resumes the same run   [$CONFIG]
 #   STOP_AFTER_STEPS  end this job after N steps with a checkpoint (fixed-length allocations)
-#   MAX_RESTARTS    requeue on USR1 at most this many times (SLURM_RESTART_COUNT)      [10]
+#   MAX_RESTARTS    requeue after a stop request at most this many times (SLURM_RESTART_COUNT) [10]
 #   EXTRA_ARGS      more Hydra overrides, space separated (no spaces inside one override)
-#   EXTRA_MOUNTS    more container mounts, comma separated SRC:DST
+#   EXTRA_MOUNTS    container: more mounts, comma separated SRC:DST
 #   SRUN_ARGS       more srun options, space separated (e.g. --cpu-bind=verbose,none)
 #   DRY_RUN         1: print the environment and the exact srun command, run nothing      [0]
 
@@ -43,6 +49,21 @@ gammapo_quote() {
     fi
 }
 
+# gammapo_tasks_per_node: training tasks per node, from the allocation (never a silent default).
+gammapo_tasks_per_node() {
+    if [[ -n "${GPUS_PER_NODE:-}" ]]; then
+        echo "$GPUS_PER_NODE"
+    elif [[ -n "${SLURM_NTASKS_PER_NODE:-}" ]]; then
+        echo "$SLURM_NTASKS_PER_NODE"
+    elif [[ -n "${SLURM_GPUS_ON_NODE:-}" && "${SLURM_GPUS_ON_NODE}" != 0 ]]; then
+        echo "$SLURM_GPUS_ON_NODE"
+    elif [[ -n "${SLURM_JOB_ID:-}" ]]; then
+        gammapo_fail "cannot tell how many training tasks per node: submit with sbatch --ntasks-per-node=N (one per GPU; add --gpus-per-node=N on GPU clusters) or set GPUS_PER_NODE"
+    else
+        gammapo_fail "GPUS_PER_NODE must be set outside a SLURM job (training tasks per node, one per GPU)"
+    fi
+}
+
 # gammapo_settings DEFAULT_NODES: fill in and check every setting.
 gammapo_settings() {
     local default_nodes=$1
@@ -51,19 +72,27 @@ gammapo_settings() {
     if [[ -n "${SLURM_JOB_NUM_NODES:-}" && "$NODES" != "$SLURM_JOB_NUM_NODES" ]]; then
         gammapo_fail "NODES=$NODES but the allocation has $SLURM_JOB_NUM_NODES nodes (use sbatch --nodes=$NODES)"
     fi
-    GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
     [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || gammapo_fail "NODES must be a positive integer (got '$NODES')"
-    [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] || gammapo_fail "GPUS_PER_NODE must be a positive integer"
-    CONTAINER_IMAGE=${CONTAINER_IMAGE:-nvcr.io#nvidia/nemo:25.02.01}
+    GPUS_PER_NODE=$(gammapo_tasks_per_node) || exit 2
+    [[ "$GPUS_PER_NODE" =~ ^[1-9][0-9]*$ ]] \
+        || gammapo_fail "GPUS_PER_NODE must be a positive integer (got '$GPUS_PER_NODE')"
+    if [[ -n "${SLURM_GPUS_ON_NODE:-}" && "$SLURM_GPUS_ON_NODE" != 0 && "$SLURM_GPUS_ON_NODE" != "$GPUS_PER_NODE" ]]; then
+        gammapo_fail "$GPUS_PER_NODE tasks per node but the allocation holds $SLURM_GPUS_ON_NODE GPUs per node: one task per GPU (sbatch --ntasks-per-node=$SLURM_GPUS_ON_NODE)"
+    fi
+    if [[ -n "${SLURM_NTASKS_PER_NODE:-}" && "$SLURM_NTASKS_PER_NODE" != "$GPUS_PER_NODE" ]]; then
+        gammapo_fail "GPUS_PER_NODE=$GPUS_PER_NODE but the allocation has $SLURM_NTASKS_PER_NODE tasks per node (sbatch --ntasks-per-node)"
+    fi
+    CONTAINER_IMAGE=${CONTAINER_IMAGE-nvcr.io#nvidia/nemo:25.02.01}  # set but empty: host mode
     MOUNT_REPO=${MOUNT_REPO:-1}
     DATA_DIR=${DATA_DIR:-$PWD/data}
     CKPT_DIR=${CKPT_DIR:-$PWD/ckpt}
     RESULTS_DIR=${RESULTS_DIR:-$PWD/results}
-    MODEL_FILE=${MODEL_FILE:-$CONFIG.nemo}
+    MODEL_FILE=${MODEL_FILE-$CONFIG.nemo}
     TRAIN_FILE=${TRAIN_FILE:-train.jsonl}
     VAL_FILE=${VAL_FILE:-val.jsonl}
     RUN_NAME=${RUN_NAME:-$CONFIG}
-    LOG_DIR=$RESULTS_DIR/$RUN_NAME/slurm_logs
+    RUN_DIR=$RESULTS_DIR/$RUN_NAME  # as the host sees it
+    LOG_DIR=$RUN_DIR/slurm_logs
 }
 
 # gammapo_rendezvous: MASTER_ADDR (first node of the allocation) and MASTER_PORT (from the job id).
@@ -81,30 +110,50 @@ gammapo_rendezvous() {
 
 # gammapo_srun_cmd REPO: fill the array SRUN_CMD.
 gammapo_srun_cmd() {
-    local repo=$1 workdir=/opt/nemo_gammapo
-    local mounts="$DATA_DIR:/data,$CKPT_DIR:/ckpt,$RESULTS_DIR:/results"
-    [[ "$MOUNT_REPO" == 1 ]] && mounts="$mounts,$repo:$workdir"
-    [[ -n "${EXTRA_MOUNTS:-}" ]] && mounts="$mounts,$EXTRA_MOUNTS"
+    local repo=$1 workdir data ckpt results python
+    local -a where=()
+    if [[ -n "$CONTAINER_IMAGE" ]]; then
+        workdir=/opt/nemo_gammapo data=/data ckpt=/ckpt results=/results python=python
+        local mounts="$DATA_DIR:/data,$CKPT_DIR:/ckpt,$RESULTS_DIR:/results"
+        [[ "$MOUNT_REPO" == 1 ]] && mounts="$mounts,$repo:$workdir"
+        [[ -n "${EXTRA_MOUNTS:-}" ]] && mounts="$mounts,$EXTRA_MOUNTS"
+        where=(
+            "--container-image=$CONTAINER_IMAGE"
+            "--container-mounts=$mounts"
+            "--container-workdir=$workdir"
+            --no-container-mount-home
+        )
+    else  # host mode: this checkout, the host's Python and paths
+        workdir=$repo data=$DATA_DIR ckpt=$CKPT_DIR results=$RESULTS_DIR
+        if [[ -n "${PYTHON:-}" ]]; then
+            python=$PYTHON
+        elif [[ -x "$repo/.venv/bin/python" ]]; then
+            python=$repo/.venv/bin/python
+        else
+            python=python3
+        fi
+        where=("--chdir=$workdir")
+    fi
     local -a srun_extra=()
     [[ -n "${SRUN_ARGS:-}" ]] && read -r -a srun_extra <<< "$SRUN_ARGS"
     local -a train=(
-        python -u examples/train_gpt_gammapo.py --config-name "$CONFIG"
-        "run_dir=/results/$RUN_NAME"
+        "$python" -u examples/train_gpt_gammapo.py --config-name "$CONFIG"
+        "run_dir=$results/$RUN_NAME"
         "trainer.num_nodes=$NODES" "trainer.devices=$GPUS_PER_NODE"
-        "pretrained_checkpoint.restore_from_path=/ckpt/$MODEL_FILE"
-        "model.data.data_prefix.train=[/data/$TRAIN_FILE]"
-        "model.data.data_prefix.validation=[/data/$VAL_FILE]"
+        "model.data.data_prefix.train=[$data/$TRAIN_FILE]"
+        "model.data.data_prefix.validation=[$data/$VAL_FILE]"
     )
+    [[ -n "$MODEL_FILE" ]] && train+=("pretrained_checkpoint.restore_from_path=$ckpt/$MODEL_FILE")
     [[ -n "${STOP_AFTER_STEPS:-}" ]] && train+=("trainer.dpo.stop_after_steps=$STOP_AFTER_STEPS")
     if [[ -n "${EXTRA_ARGS:-}" ]]; then
         local -a extra
         read -r -a extra <<< "$EXTRA_ARGS"
         train+=("${extra[@]}")
     fi
-    # torchrun-style variables per task, from SLURM's; PYTHONPATH finds the mounted checkout.
+    # torchrun-style variables per task, from SLURM's; PYTHONPATH finds the checkout.
     local inner arg
     inner="export RANK=\$SLURM_PROCID LOCAL_RANK=\$SLURM_LOCALID WORLD_SIZE=\$SLURM_NTASKS"
-    inner+=" PYTHONPATH=$workdir\${PYTHONPATH:+:\$PYTHONPATH}; exec"
+    inner+=" PYTHONPATH=$(gammapo_quote inner "$workdir")\${PYTHONPATH:+:\$PYTHONPATH}; exec"
     for arg in "${train[@]}"; do
         inner+=" $(gammapo_quote inner "$arg")"
     done
@@ -113,10 +162,7 @@ gammapo_srun_cmd() {
         "--nodes=$NODES"
         "--ntasks-per-node=$GPUS_PER_NODE"
         "--ntasks=$((NODES * GPUS_PER_NODE))"
-        "--container-image=$CONTAINER_IMAGE"
-        "--container-mounts=$mounts"
-        "--container-workdir=$workdir"
-        --no-container-mount-home
+        "${where[@]}"
         --kill-on-bad-exit=1
         --label
         "--output=$LOG_DIR/%x_%j_restart${SLURM_RESTART_COUNT:-0}.log"
@@ -127,7 +173,9 @@ gammapo_srun_cmd() {
 
 # gammapo_print: the environment the tasks inherit and the srun command, ready to paste.
 gammapo_print() {
-    echo "# γ-PO: $NODES node(s) × $GPUS_PER_NODE GPUs = $((NODES * GPUS_PER_NODE)) tasks, config $CONFIG"
+    local mode="container $CONTAINER_IMAGE"
+    [[ -z "$CONTAINER_IMAGE" ]] && mode="host mode"
+    echo "# γ-PO: $NODES node(s) × $GPUS_PER_NODE tasks = $((NODES * GPUS_PER_NODE)) tasks, config $CONFIG, $mode"
     echo "export MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT"
     local name nccl=""
     for name in "${GAMMAPO_ENV_VARS[@]}"; do
@@ -146,18 +194,21 @@ gammapo_print() {
     done
 }
 
-# On USR1 (sent before the time limit, see --signal, or by `scancel -b --signal=USR1`) the batch
-# shell forwards it to srun, which signals every training task: each finishes its current step,
-# writes a checkpoint and exits 0 (nemo_gammapo.aligner.stop_request). Only then is the job put
-# back in the queue, so the next run resumes from that checkpoint; at most MAX_RESTARTS times.
+# On USR1 (sent before the time limit by --signal=B:USR1@N, or by `scancel -b --signal=USR1`) the
+# batch shell writes the run's stop file (nemo_gammapo.aligner.stop_request): rank 0 sees it after
+# the current step, every task finishes that step, writes a checkpoint and exits 0. Only then is
+# the job put back in the queue, so the next run resumes from that checkpoint; at most MAX_RESTARTS
+# times. A file, not a forwarded signal: a signal kills a task that has not started Python yet.
+# Preemption without a warning (the job is killed and requeued by SLURM) resumes from the last
+# complete checkpoint; an interrupted save is set aside, never resumed from.
 GAMMAPO_STOP_REQUESTED=0
 GAMMAPO_INTERRUPTED=0
-GAMMAPO_SRUN_PID=""
 gammapo_on_usr1() {
-    echo "gammapo: stop requested (USR1): the training tasks checkpoint and exit, then the job requeues"
+    echo "gammapo: stop requested (USR1): the training tasks checkpoint after this step and exit, then the job requeues"
     GAMMAPO_STOP_REQUESTED=1
     GAMMAPO_INTERRUPTED=1
-    [[ -n "$GAMMAPO_SRUN_PID" ]] && kill -USR1 "$GAMMAPO_SRUN_PID" 2> /dev/null
+    mkdir -p "$RUN_DIR/.nemo_gammapo"
+    echo "USR1 to SLURM job ${SLURM_JOB_ID:-?} at $(date -Is)" > "$RUN_DIR/.nemo_gammapo/stop_requested"
     return 0
 }
 
@@ -185,20 +236,25 @@ gammapo_main() {
     fi
     [[ -n "${SLURM_JOB_ID:-}" ]] || gammapo_fail "not inside a SLURM job: submit with sbatch, or set DRY_RUN=1"
     mkdir -p "$LOG_DIR"
+    rm -f "$RUN_DIR/.nemo_gammapo/stop_requested"  # a request to an earlier job is not one to this job
     gammapo_print
     trap gammapo_on_usr1 USR1
     "${SRUN_CMD[@]}" &
-    GAMMAPO_SRUN_PID=$!
-    local rc=0 again
-    wait "$GAMMAPO_SRUN_PID" || rc=$?
+    local srun_pid=$! rc=0 again
+    wait "$srun_pid" || rc=$?
     while [[ "$GAMMAPO_INTERRUPTED" == 1 ]]; do  # the trap cut `wait` short: wait for srun itself
         GAMMAPO_INTERRUPTED=0
         again=0
-        wait "$GAMMAPO_SRUN_PID" || again=$?
+        wait "$srun_pid" || again=$?
         if [[ "$again" != 127 ]]; then rc=$again; fi  # 127: srun had already been reaped; keep its status
     done
     if [[ "$GAMMAPO_STOP_REQUESTED" == 1 && "$rc" == 0 ]]; then
-        gammapo_requeue || rc=1
+        if [[ -e "$RUN_DIR/.nemo_gammapo/stop_requested" ]]; then  # not taken: training had ended anyway
+            rm -f "$RUN_DIR/.nemo_gammapo/stop_requested"
+            echo "gammapo: training finished before the stop request was seen; not requeueing"
+        else
+            gammapo_requeue || rc=1
+        fi
     fi
     return "$rc"
 }

@@ -39,7 +39,7 @@ class GuardedDPOTrainer(DPOTrainer):
 
     def _agree(self, *values: Any) -> bool:
         """All values finite on every rank? Also agrees on a stop request (one all-reduce)."""
-        flags = [float(not all(_finite(v) for v in values)), float(self.stop_request.local)]
+        flags = [float(not all(_finite(v) for v in values)), float(self.stop_request.requested_here())]
         agreed = torch.tensor(flags, device=torch.cuda.current_device())
         torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
         bad, stop = agreed.tolist()

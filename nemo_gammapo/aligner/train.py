@@ -21,7 +21,7 @@ from nemo_gammapo.aligner.checkpoints import newest_complete, set_aside_unusable
 from nemo_gammapo.aligner.errors import global_rank
 from nemo_gammapo.aligner.preflight import check_layout, preflight, validate_config
 from nemo_gammapo.aligner.run_dir import RunDirLock
-from nemo_gammapo.aligner.stop_request import StopRequest
+from nemo_gammapo.aligner.stop_request import StopRequest, stop_file
 from nemo_gammapo.artifacts.metrics import append_record, metrics_record
 
 __all__ = ["MetricsHistory", "RunLimit", "TrainResult", "train", "validate_config"]
@@ -228,7 +228,7 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     ckpt_callback = add_custom_checkpoint_callback(trainer, model)
     logger.log_hyperparams(OmegaConf.to_container(cfg))
 
-    stop_request = StopRequest()
+    stop_request = StopRequest(watch=stop_file(run_dir) if trainer.global_rank == 0 else None)
     dpo_trainer = GuardedDPOTrainer(
         checkpoint_dir=run_dir / "checkpoints",
         stop_request=stop_request,
@@ -261,8 +261,9 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     finally:
         stop_request.uninstall()
     if stop_request.agreed and trainer.global_rank == 0:
+        stop_request.consume()
         print(
-            f"nemo-gammapo train: stopped on request (SIGUSR1) after step {dpo_trainer.step}, with a checkpoint; "
+            f"nemo-gammapo train: stopped on request after step {dpo_trainer.step}, with a checkpoint; "
             "re-running the same command resumes from it",
             flush=True,
         )
