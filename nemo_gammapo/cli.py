@@ -2,6 +2,7 @@
 
     nemo-gammapo train ...    check a run, then start it with torchrun (nemo_gammapo.aligner.cli)
     nemo-gammapo data ...     preference data: convert, validate, inject label noise (nemo_gammapo.data)
+    nemo-gammapo launch ...   start / follow a run through NeMo-Run (local, SLURM) (nemo_gammapo.launch.nemo_run_launch)
     nemo-gammapo plan ...     parallel-layout memory planner (nemo_gammapo.launch.planner)
     nemo-gammapo plots ...    margin / γ figures from a run (nemo_gammapo.viz)
     nemo-gammapo bench ...    benchmarks (nemo_gammapo.bench)
@@ -18,6 +19,7 @@ import sys
 SUBCOMMANDS = {
     "train": ("nemo_gammapo.aligner.cli", "check a training run, then start its workers with torchrun"),
     "data": ("nemo_gammapo.data.cli", "preference data tools (convert, validate, stats, flip)"),
+    "launch": ("nemo_gammapo.launch.nemo_run_launch", "start a run with NeMo-Run (local, SLURM); its status and logs"),
     "plan": ("nemo_gammapo.launch.planner", "estimate per-GPU memory of TP/PP/DP layouts"),
     "plots": ("nemo_gammapo.viz.cli", "margin / γ figures from a training run"),
     "bench": ("nemo_gammapo.bench.cli", "benchmarks (solver, training step, memory)"),
