@@ -56,7 +56,9 @@ class MarginQueue:
         self.pointer = 0  # next slot to write
         self.count = 0  # filled slots, <= capacity
         # Sampling runs on a CPU generator: it is cheap for <= a few thousand slots, its state is
-        # portable across devices, and the indices go host→device without any sync.
+        # portable across devices (a checkpoint resumes on any device, and a GPU run draws the
+        # same samples as a CPU run), and its indices reach an accelerator through pinned memory
+        # with an asynchronous copy (no sync). Every other index is built on the buffer's device.
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(seed)
 
@@ -82,11 +84,12 @@ class MarginQueue:
     def _queued_indices(self, k: int) -> Tensor:
         """Slot indices of ``k`` queued entries chosen by the sampling mode (``k <= count``)."""
         if self.sampling == "recent":
-            idx = (self.pointer - 1 - torch.arange(k)) % self.capacity
-        else:
-            # With a full buffer the slot order is irrelevant for uniform sampling; with a
-            # partial one slots 0..count-1 are exactly the filled ones.
-            idx = torch.randperm(self.count, generator=self.generator)[:k]
+            return (self.pointer - 1 - torch.arange(k, device=self.device)) % self.capacity
+        # With a full buffer the slot order is irrelevant for uniform sampling; with a partial
+        # one slots 0..count-1 are exactly the filled ones. A fresh pinned block per draw: the
+        # caching host allocator keeps it until the asynchronous copy has read it.
+        pinned = self.device.type != "cpu" and torch.cuda.is_available()
+        idx = torch.randperm(self.count, generator=self.generator, device="cpu", pin_memory=pinned)[:k]
         return idx.to(self.device, non_blocking=True)
 
     def solve_set(self, current: Tensor, current_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -130,8 +133,7 @@ class MarginQueue:
             margins, ok = margins[-self.capacity :], ok[-self.capacity :]
             self.pointer = (self.pointer + n - self.capacity) % self.capacity
             n = self.capacity
-        slots = (self.pointer + torch.arange(n)) % self.capacity
-        slots = slots.to(self.device, non_blocking=True)
+        slots = (self.pointer + torch.arange(n, device=self.device)) % self.capacity
         self.margins[slots] = torch.where(ok, margins, torch.zeros_like(margins))
         self.valid[slots] = ok
         self.pointer = (self.pointer + n) % self.capacity
@@ -140,8 +142,7 @@ class MarginQueue:
     def ordered(self) -> tuple[Tensor, Tensor]:
         """Queued ``(margins, valid)`` from oldest to newest (for inspection and tests)."""
         start = (self.pointer - self.count) % self.capacity if self.capacity else 0
-        idx = (start + torch.arange(self.count)) % max(self.capacity, 1)
-        idx = idx.to(self.device)
+        idx = (start + torch.arange(self.count, device=self.device)) % max(self.capacity, 1)
         return self.margins[idx], self.valid[idx]
 
     # ------------------------------------------------------------------ state

@@ -177,8 +177,8 @@ def _solve_exact(r: Tensor, okf: Tensor, n: Tensor, gamma0: float, tau: float) -
             lo = torch.where(above, lo, mid)
         return 0.5 * (lo + hi)
 
-    c_lo = torch.tensor(-gamma0, dtype=r.dtype, device=r.device)
-    c_hi = torch.tensor(2.0 * gamma0, dtype=r.dtype, device=r.device)
+    c_lo = torch.full((), -gamma0, dtype=r.dtype, device=r.device)  # no host→device copy
+    c_hi = torch.full((), 2.0 * gamma0, dtype=r.dtype, device=r.device)
     for _ in range(_EXACT_OUTER_ITERS):
         c_mid = 0.5 * (c_lo + c_hi)
         too_big = (torch.exp(u_of_c(c_mid)) * okf).sum() / n > 1.0

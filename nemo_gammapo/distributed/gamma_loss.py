@@ -12,8 +12,14 @@ NeMo-Aligner uses). On the last pipeline stage the loss:
    to the queue; β-DPO / β-SimPO (M0) and KTO (z_ref) read a moving average of global
    micro-batch means (:class:`~nemo_gammapo.core.baseline.MovingMean`), so they too are the same
    at every layout;
-4. returns ``(loss, metrics)``; metrics are 0-dim tensors, identical on every rank of the last
-   stage, with no device→host sync.
+4. returns ``(loss, metrics)``; metrics are 0-dim tensors made with no device→host sync and no
+   further collective: all but ``loss`` come from the gathered margins and are identical on every
+   rank of the last stage; ``loss`` is this rank's micro-batch loss until
+   :func:`reduce_step_metrics` averages it over the data-parallel group, once per step.
+
+Per micro-batch the γ path therefore costs exactly one collective (the margin all-gather; KTO's
+running reference point adds a second) and no host sync; the step's metric reduction adds one
+all-reduce and one device→host copy per step (``tests/test_gamma_path_cost.py`` counts both).
 """
 
 from __future__ import annotations
@@ -54,6 +60,24 @@ METRIC_NAMES = (
 
 # How per-micro-batch metrics combine into one value per step (default: mean).
 _METRIC_REDUCTION = {"gamma_min": "min", "gamma_max": "max", "excluded_pairs": "sum", "nonfinite_pairs": "sum"}
+# Metrics that a loss call leaves rank-local; the step reduction averages them over data parallelism.
+_RANK_LOCAL = ("loss",)
+
+
+class MicrobatchMetrics(dict):
+    """One loss call's metrics (``{name: 0-dim tensor}``), plus the data-parallel group that
+    :func:`reduce_step_metrics` averages the rank-local ones (``loss``) over.
+
+    A plain ``dict`` for every reader; pickling or copying drops the group (it cannot leave the
+    process), which makes the copy a plain ``dict``.
+    """
+
+    def __init__(self, values: dict[str, Tensor], group: dist.ProcessGroup | None = None) -> None:
+        super().__init__(values)
+        self.group = group
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (dict(self),))
 
 
 def _model_parallel_ready() -> bool:
@@ -191,15 +215,14 @@ class GammaPOLoss:
 
     def _metrics(
         self, loss: Tensor, margins: Tensor, valid: Tensor, gamma: Tensor | None, group: dist.ProcessGroup | None
-    ) -> dict[str, Tensor]:
-        global_loss = loss.detach().clone()
-        if group is not None and dist.get_world_size(group) > 1:
-            dist.all_reduce(global_loss, group=group)
-            global_loss /= dist.get_world_size(group)
+    ) -> MicrobatchMetrics:
+        # No collective here: the loss stays rank-local until reduce_step_metrics averages every
+        # micro-batch's loss over ``group`` in one all-reduce per step (same values, same order).
         ok = valid & torch.isfinite(margins)
         n_ok = ok.float().sum().clamp_min(1.0)
         metrics = {
-            "loss": global_loss,
+            # A copy: megatron's schedule scales the returned loss in place afterwards.
+            "loss": loss.detach().clone(),
             "preference_accuracy": ((margins > 0) & ok).float().sum() / n_ok,
         }
         g0 = self.loss_config.gamma0
@@ -207,7 +230,8 @@ class GammaPOLoss:
         stats = gamma_statistics(gamma_for_stats, margins, valid, g0, self.policy.queue if self.policy else None)
         metrics.update(stats)
         metrics.setdefault("queue_fill", torch.zeros((), device=loss.device))
-        return {k: metrics[k].detach().float() for k in METRIC_NAMES}
+        sync_group = group if group is not None and dist.get_world_size(group) > 1 else None
+        return MicrobatchMetrics({k: metrics[k].detach().float() for k in METRIC_NAMES}, sync_group)
 
     # ------------------------------------------------------------------ megatron glue
     def forward_step(self) -> Callable[[Iterator[dict[str, Tensor]], torch.nn.Module], tuple[Tensor, Any]]:
@@ -240,10 +264,25 @@ class GammaPOLoss:
 
 
 def reduce_step_metrics(per_microbatch: Sequence[dict[str, Tensor]]) -> dict[str, float]:
-    """Combine the metrics of a step's micro-batches into host floats (one sync per step)."""
+    """Combine the metrics of a step's micro-batches into host floats.
+
+    Costs one all-reduce (when the metrics carry a data-parallel group of size > 1: the rank-local
+    ``loss`` of every micro-batch, in one tensor) and one device→host copy, per step. Call it on
+    every rank of that group. Each micro-batch's loss is averaged over the group first, then the
+    micro-batches are combined, exactly as if every loss call had all-reduced its own loss.
+    """
     if not per_microbatch:
         return {}
-    reducers = {"min": torch.amin, "max": torch.amax, "sum": torch.sum, "mean": torch.mean}
+    group = getattr(per_microbatch[0], "group", None)
     keys = list(per_microbatch[0])
-    reduced = [reducers[_METRIC_REDUCTION.get(k, "mean")](torch.stack([m[k] for m in per_microbatch])) for k in keys]
+    columns = {k: torch.stack([m[k] for m in per_microbatch]) for k in keys}
+    local = [k for k in _RANK_LOCAL if k in columns]
+    if group is not None and local:
+        # [rank-local keys, micro-batches]: element-wise the sums one all-reduce per micro-batch made.
+        stacked = torch.stack([columns[k] for k in local])
+        dist.all_reduce(stacked, group=group)
+        stacked /= dist.get_world_size(group)
+        columns.update(zip(local, stacked, strict=True))
+    reducers = {"min": torch.amin, "max": torch.amax, "sum": torch.sum, "mean": torch.mean}
+    reduced = [reducers[_METRIC_REDUCTION.get(k, "mean")](columns[k]) for k in keys]
     return dict(zip(keys, torch.stack(reduced).tolist(), strict=True))
