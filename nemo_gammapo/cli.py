@@ -1,6 +1,7 @@
 """``nemo-gammapo`` — the command-line tools, one subcommand per module.
 
     nemo-gammapo train ...    check a run, then start it with torchrun (nemo_gammapo.aligner.cli)
+    nemo-gammapo precompute-reference ...  reference log-probs once (nemo_gammapo.aligner.precompute)
     nemo-gammapo data ...     preference data: convert, validate, inject label noise (nemo_gammapo.data)
     nemo-gammapo launch ...   start / follow a run through NeMo-Run (local, SLURM) (nemo_gammapo.launch.nemo_run_launch)
     nemo-gammapo plan ...     parallel-layout memory planner (nemo_gammapo.launch.planner)
@@ -18,6 +19,10 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("nemo_gammapo.aligner.cli", "check a training run, then start its workers with torchrun"),
+    "precompute-reference": (
+        "nemo_gammapo.aligner.precompute",
+        "the reference policy's log-probs for every pair, once (model.dpo.reference=precomputed)",
+    ),
     "data": ("nemo_gammapo.data.cli", "preference data tools (convert, validate, stats, flip)"),
     "launch": ("nemo_gammapo.launch.nemo_run_launch", "start a run with NeMo-Run (local, SLURM); its status and logs"),
     "plan": ("nemo_gammapo.launch.planner", "estimate per-GPU memory of TP/PP/DP layouts"),
@@ -28,7 +33,8 @@ SUBCOMMANDS = {
 
 def usage() -> str:
     lines = ["usage: nemo-gammapo <command> [args...]", "", "commands:"]
-    lines += [f"  {name:<8}{help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    width = max(map(len, SUBCOMMANDS)) + 2
+    lines += [f"  {name:<{width}}{help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

@@ -20,7 +20,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nemo_gammapo.aligner.errors import ConfigError, UserError
 from nemo_gammapo.aligner.run_dir import RunDirLock
@@ -30,8 +32,8 @@ ENTRY_MODULE = "nemo_gammapo.aligner.entry"  # the worker, started with ``torchr
 PROG = "nemo-gammapo train"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--config-name", default="gpt_gammapo", help="a config in --config-dir (default: gpt_gammapo)")
     p.add_argument("--config-dir", type=Path, default=config_dir(), help="folder of the Hydra configs")
     p.add_argument("--nproc-per-node", type=int, default=None, help="workers on this node (default: trainer.devices)")
@@ -61,12 +63,23 @@ def compose(config_dir: Path, config_name: str, overrides: list[str]):  # -> Dic
         ) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    prog: str = PROG,
+    entry_module: str = ENTRY_MODULE,
+    adjust: Callable[[Any], None] | None = None,
+    needs_run_dir: bool = True,
+) -> int:
+    """``nemo-gammapo train``; other commands that start workers the same way pass their own
+    ``entry_module``, ``adjust`` the composed config before the checks, and may not need the
+    run_dir (``needs_run_dir=False``: no lock check)."""
+    args = build_parser(prog).parse_args(argv)
     from nemo_gammapo.aligner.preflight import preflight
 
     try:
         cfg = compose(args.config_dir, args.config_name, args.overrides)
+        if adjust is not None:
+            adjust(cfg)
         nproc = args.nproc_per_node or cfg.trainer.devices
         nnodes = args.nnodes or cfg.trainer.num_nodes
         if (nproc, nnodes) != (cfg.trainer.devices, cfg.trainer.num_nodes):
@@ -74,24 +87,27 @@ def main(argv: list[str] | None = None) -> int:
                 f"--nproc-per-node {nproc} / --nnodes {nnodes} disagree with trainer.devices={cfg.trainer.devices} / "
                 f"trainer.num_nodes={cfg.trainer.num_nodes}; set those keys instead"
             )
-        checked = preflight(cfg, warn=lambda msg: print(f"{PROG}: warning: {msg}", file=sys.stderr))
-        RunDirLock(Path(cfg.exp_manager.explicit_log_dir)).check_free()
+        checked = preflight(cfg, warn=lambda msg: print(f"{prog}: warning: {msg}", file=sys.stderr))
+        if needs_run_dir:
+            RunDirLock(Path(cfg.exp_manager.explicit_log_dir)).check_free()
     except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     layout = checked["layout"]
     print(
-        f"{PROG}: checks passed: {layout.world_size} processes (TP {layout.tensor} × PP {layout.pipeline} × "
+        f"{prog}: checks passed: {layout.world_size} processes (TP {layout.tensor} × PP {layout.pipeline} × "
         f"CP {layout.context} × DP {layout.data}), {checked['pairs']['train']} training pairs, validation every "
         f"{checked['val_check_interval']} steps",
         flush=True,
     )
     if args.check_only:
         return 0
-    return launch(args, nproc, nnodes)
+    return launch(args, nproc, nnodes, prog, entry_module)
 
 
-def launch(args: argparse.Namespace, nproc: int, nnodes: int) -> int:
+def launch(
+    args: argparse.Namespace, nproc: int, nnodes: int, prog: str = PROG, entry_module: str = ENTRY_MODULE
+) -> int:
     """Start the workers with torchrun's launcher in this process; returns the job's exit code."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -102,7 +118,7 @@ def launch(args: argparse.Namespace, nproc: int, nnodes: int) -> int:
     else:
         port = args.master_port or 29500
         torchrun += [f"--node-rank={args.node_rank}", f"--master-addr={args.master_addr}", f"--master-port={port}"]
-    script = ["-m", ENTRY_MODULE, "--config-dir", str(args.config_dir.resolve()), "--config-name", args.config_name]
+    script = ["-m", entry_module, "--config-dir", str(args.config_dir.resolve()), "--config-name", args.config_name]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # torchrun's agent logs each worker's exit; the workers' own messages (and ours below) say more.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
@@ -111,6 +127,6 @@ def launch(args: argparse.Namespace, nproc: int, nnodes: int) -> int:
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
         if failure.exitcode not in {cls.exit_code for cls in (UserError, *UserError.__subclasses__())}:
-            print(f"{PROG}: error: worker rank {rank} failed with exit code {failure.exitcode} (see its output above)")
+            print(f"{prog}: error: worker rank {rank} failed with exit code {failure.exitcode} (see its output above)")
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0

@@ -6,10 +6,13 @@ log-probs, DP averaging, reward logging); this class only
 * replaces ``loss_func`` with :class:`nemo_gammapo.distributed.GammaPOLoss` (for NeMo-Aligner's own
   ``rpo_*`` losses the parent's code runs unchanged);
 * switches the margin queue to read-only for validation (``forward_only``);
-* skips the reference policy entirely for reference-free losses (SimPO family, CPO, ORPO): no
-  reference forward pass, no CPU weight swap, no host copy of the weights;
+* skips the reference policy entirely for reference-free losses (SimPO family, CPO, ORPO), and
+  reads it from a precomputed file with ``model.dpo.reference: precomputed``
+  (:mod:`nemo_gammapo.aligner.reference`): no reference forward pass, no CPU weight swap, no host
+  copy of the weights;
 * adds the γ / margin metrics to what the trainer logs (one broadcast per step);
-* optionally dumps per-pair margins / γ / losses every K steps (:mod:`nemo_gammapo.artifacts.dumps`);
+* optionally dumps per-pair margins / γ / losses every K steps, with each pair's id
+  (:mod:`nemo_gammapo.artifacts.dumps`, :mod:`nemo_gammapo.aligner.pairs`);
 * saves and restores the margin queue with the checkpoint;
 * masks the padded vocabulary out of the logits (:func:`mask_padded_vocabulary`).
 """
@@ -26,6 +29,8 @@ from nemo_aligner.models.nlp.gpt.megatron_gpt_dpo_model import MegatronGPTDPOMod
 from omegaconf import DictConfig
 
 from nemo_gammapo.aligner.config import ALIGNER_NATIVE_LOSSES, dump_config, loss_configs
+from nemo_gammapo.aligner.pairs import PAIR_IDS
+from nemo_gammapo.aligner.reference import ReferenceLogprobs, place_sums, reference_mode
 from nemo_gammapo.artifacts.dumps import PairDumper
 from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 from nemo_gammapo.distributed.gamma_loss import METRIC_NAMES, GammaPOLoss, reduce_step_metrics
@@ -107,6 +112,9 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         self._dumper = None
         if self.gamma_po is not None and dump.every > 0:
             self._dumper = PairDumper(dump.run_dir or ".", dump.every, dump.max_pairs)
+        self.reference_sums: ReferenceLogprobs | None = None
+        if reference_mode(cfg.dpo) == "precomputed" and not self.reference_free:
+            self.reference_sums = ReferenceLogprobs.load(cfg.dpo.reference_logprobs)
 
     @property
     def reference_free(self) -> bool:
@@ -145,6 +153,11 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         self.gamma_po.pair_log = [] if dump else None
         loss_mean, metrics = super().get_loss_and_metrics(batch, forward_only)
         metrics.update(self._step_metrics())
+        if dump and self.gamma_po.pair_log and PAIR_IDS in batch:
+            # micro-batches are the batch split along dim 0, in order (as the parent splits it)
+            ids = torch.tensor_split(batch[PAIR_IDS], len(self.gamma_po.pair_log))
+            for record, mb_ids in zip(self.gamma_po.pair_log, ids, strict=True):
+                record["pair_ids"] = mb_ids
         if dump and self.gamma_po.pair_log and writes_pair_dumps():
             self._dumper.write(self.train_steps, self.gamma_po.pair_log, parallel_state.get_data_parallel_rank())
         self.gamma_po.pair_log = None
@@ -157,7 +170,8 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         names = [n for n in METRIC_NAMES if n != "loss"]  # the parent already reports the loss
         values = torch.zeros(len(names), dtype=torch.float32, device=torch.cuda.current_device())
         if self._microbatch_metrics:
-            reduced = reduce_step_metrics(self._microbatch_metrics)
+            # without "loss" (the parent reports it) the reduction needs no collective at all
+            reduced = reduce_step_metrics([{n: m[n] for n in names} for m in self._microbatch_metrics])
             values = torch.tensor([reduced[n] for n in names], dtype=torch.float32, device=values.device)
         torch.distributed.broadcast(values, get_last_rank())
         self._microbatch_metrics = []
@@ -165,14 +179,21 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
 
     # ------------------------------------------------------------------ reference policy
     def get_ref_policy_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Reference log-probs; zeros of the right shape, at no cost, for reference-free losses.
+        """Reference log-probs ``[2B, S]``: computed online (the parent's weight swap), read from
+        the precomputed file, or — for reference-free losses — zeros of the right shape at no cost.
 
         The zeros keep the batch layout the trainer and pipeline stages expect (the keys must
-        exist for PP > 1); the loss never reads them.
+        exist for PP > 1); the loss never reads them. Precomputed sums are laid out so that the
+        loss's masked reduction gives them back exactly (:func:`place_sums`); every rank looks
+        its pairs up itself, so nothing is broadcast.
         """
-        if not self.reference_free:
+        if self.reference_free:
+            return reference_placeholder(batch, parallel_state.get_context_parallel_world_size())
+        if self.reference_sums is None:
             return super().get_ref_policy_logprobs(batch)
-        return reference_placeholder(batch, parallel_state.get_context_parallel_world_size())
+        chosen, rejected = self.reference_sums.lookup(batch[PAIR_IDS])
+        labels = torch.cat((batch["chosen_labels"], batch["rejected_labels"]), dim=0)
+        return place_sums(torch.cat((chosen, rejected)), labels)
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nemo_gammapo.aligner.config import ALIGNER_KEYS, ALIGNER_NATIVE_LOSSES, TOP_LEVEL_FIELDS, dump_config, loss_configs
 from nemo_gammapo.aligner.errors import ConfigError
+from nemo_gammapo.aligner.reference import check_sidecar, reference_mode
 from nemo_gammapo.core.config import GammaConfig, GammaDumpConfig, PreferenceLossConfig
 
 # model.dpo keys NeMo-Aligner's MegatronGPTDPOModel reads besides the ones it shares with our loss config.
@@ -43,6 +44,7 @@ ALIGNER_ONLY_DPO_KEYS = frozenset(
     }
 )
 DPO_KEYS = ALIGNER_ONLY_DPO_KEYS | set(ALIGNER_KEYS) | set(TOP_LEVEL_FIELDS) | {"loss_params", "gamma", "gamma_dump"}
+DPO_KEYS |= {"reference", "reference_logprobs"}  # nemo_gammapo.aligner.reference
 # PreferenceLossConfig fields set by a top-level model.dpo key, never by loss_params.
 TOP_LEVEL_LOSS_FIELDS = {field: key for key, field in ALIGNER_KEYS.items()} | {f: f for f in TOP_LEVEL_FIELDS}
 LOSS_PARAM_KEYS = frozenset(f.name for f in fields(PreferenceLossConfig)) - set(TOP_LEVEL_LOSS_FIELDS)
@@ -184,6 +186,32 @@ def check_run_options(cfg: DictConfig) -> None:
     stop = cfg.trainer.dpo.get("stop_after_steps")
     if stop is not None and (not isinstance(stop, int) or stop < 1):
         raise ConfigError(f"trainer.dpo.stop_after_steps must be null or an integer >= 1 (got {stop!r})")
+    check_reference_options(cfg)
+
+
+def needs_reference(dpo: Any) -> bool:
+    """Does the configured loss read reference-policy log-probs?"""
+    from nemo_gammapo.core.registry import LOSSES
+
+    name = dpo.get("preference_loss")
+    return name in ALIGNER_NATIVE_LOSSES or LOSSES[name].needs_reference
+
+
+def check_reference_options(cfg: DictConfig) -> None:
+    """``model.dpo.reference`` / ``reference_logprobs`` make sense for this loss and layout."""
+    mode = reference_mode(cfg.model.dpo)
+    if mode != "precomputed":
+        return
+    loss = cfg.model.dpo.preference_loss
+    if not needs_reference(cfg.model.dpo):
+        raise ConfigError(f"model.dpo.reference=precomputed but {loss} uses no reference policy; remove the setting")
+    if not cfg.model.dpo.get("reference_logprobs"):
+        raise ConfigError("model.dpo.reference=precomputed needs model.dpo.reference_logprobs (the file to read)")
+    if cfg.model.get("context_parallel_size", 1) != 1:
+        raise ConfigError(
+            "model.dpo.reference=precomputed supports model.context_parallel_size=1 only "
+            f"(got {cfg.model.context_parallel_size}); use model.dpo.reference=online"
+        )
 
 
 def validate_config(cfg: DictConfig) -> Layout:
@@ -300,4 +328,6 @@ def preflight(cfg: DictConfig, warn: Callable[[str], None] | None = None) -> dic
     layout = validate_config(cfg)
     pairs = validate_data(cfg, warn)
     interval = check_intervals(cfg, pairs["train"])
+    if reference_mode(cfg.model.dpo) == "precomputed":
+        check_sidecar(cfg, data_files(cfg))
     return {"layout": layout, "pairs": pairs, "val_check_interval": interval}

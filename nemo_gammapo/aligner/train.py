@@ -118,6 +118,49 @@ def choose_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     return chosen.path if chosen is not None else None
 
 
+def merge_checkpoint_config(cfg: DictConfig) -> str | None:
+    """Merge the starting ``.nemo``'s model config into ``cfg.model`` (as NeMo-Aligner does) and
+    check the layout against it again; the checkpoint path, or None for a random start."""
+    from nemo_aligner.utils.utils import load_and_override_model_config
+
+    restore_path = cfg.pretrained_checkpoint.get("restore_from_path")
+    if restore_path:
+        cfg.model = load_and_override_model_config(restore_path, cfg.model)
+        check_layout(cfg)  # the checkpoint's heads and layers against the layout
+    return restore_path
+
+
+def build_model(cfg: DictConfig, trainer: Any, restore_path: str | None) -> Any:
+    """``MegatronGPTGammaPOModel`` restored from ``restore_path``, or randomly initialised."""
+    from nemo.utils import logging
+    from nemo_aligner.utils.utils import load_from_nemo
+
+    from nemo_gammapo.aligner.model import MegatronGPTGammaPOModel
+
+    if restore_path:
+        return load_from_nemo(MegatronGPTGammaPOModel, cfg.model, trainer, strict=True, restore_path=restore_path)
+    logging.info("pretrained_checkpoint.restore_from_path is null: building a randomly initialised model")
+    return MegatronGPTGammaPOModel(cfg.model, trainer)
+
+
+def build_datasets(cfg: DictConfig, tokenizer: Any) -> tuple[Any, Any]:
+    """The training and validation datasets (NeMo-Aligner's, with pair ids: :mod:`.pairs`)."""
+    from nemo_gammapo.aligner.pairs import build_train_valid_test_pair_datasets
+
+    data = cfg.model.data
+    train_ds, val_ds, _ = build_train_valid_test_pair_datasets(
+        cfg=cfg.model,
+        data_prefix=data.data_prefix,
+        data_impl=data.data_impl,
+        splits_string=data.splits_string,
+        train_valid_test_num_samples=[-1 * cfg.model.global_batch_size] * 3,
+        seq_length=data.seq_length,
+        seed=cfg.model.seed,
+        tokenizer=tokenizer,
+    )
+    return train_ds, val_ds
+
+
 def train(cfg: DictConfig) -> TrainResult:
     """Run γ-PO training as configured; see ``conf/gpt_gammapo.yaml`` for every key."""
     from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
@@ -140,8 +183,7 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     import torch
     from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
-    from nemo_aligner.algorithms.dpo import dpo_custom_collate
-    from nemo_aligner.data.nlp.builders import build_dataloader, build_train_valid_test_dpo_datasets, identity_collate
+    from nemo_aligner.data.nlp.builders import build_dataloader, identity_collate
     from nemo_aligner.utils.distributed import Timer
     from nemo_aligner.utils.train_script_utils import (
         CustomLoggerWrapper,
@@ -153,21 +195,13 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         resolve_and_create_trainer,
         retrieve_custom_trainer_state_dict,
     )
-    from nemo_aligner.utils.utils import (
-        load_and_override_model_config,
-        load_from_nemo,
-        retrieve_model_state_dict_in_cpu,
-    )
+    from nemo_aligner.utils.utils import retrieve_model_state_dict_in_cpu
 
     from nemo_gammapo.aligner.finite_guard import GuardedDPOTrainer
-    from nemo_gammapo.aligner.model import MegatronGPTGammaPOModel
+    from nemo_gammapo.aligner.pairs import collate_with_pair_ids
     from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 
-    restore_path = cfg.pretrained_checkpoint.get("restore_from_path")
-    if restore_path:
-        cfg.model = load_and_override_model_config(restore_path, cfg.model)
-        check_layout(cfg)  # the checkpoint's heads and layers against the layout
-
+    restore_path = merge_checkpoint_config(cfg)
     resume_from = choose_resume_checkpoint(cfg, run_dir)
     trainer = resolve_and_create_trainer(cfg, "dpo")
     exp_manager(trainer, cfg.exp_manager)
@@ -179,28 +213,14 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         OmegaConf.save(resolved_run_config(cfg), run_dir / "config.yaml")
     logger = CustomLoggerWrapper([*trainer.loggers, history])
 
-    if restore_path:
-        model = load_from_nemo(MegatronGPTGammaPOModel, cfg.model, trainer, strict=True, restore_path=restore_path)
-    else:
-        logging.info("pretrained_checkpoint.restore_from_path is null: building a randomly initialised model")
-        model = MegatronGPTGammaPOModel(cfg.model, trainer)
-
+    model = build_model(cfg, trainer, restore_path)
     trainer_state = retrieve_custom_trainer_state_dict(trainer)  # None unless resuming
     consumed_samples = trainer_state["consumed_samples"] if trainer_state else 0
     init_distributed(trainer, model, cfg.model.get("transformer_engine", False))
 
     data = cfg.model.data
     gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
-    train_ds, val_ds, _ = build_train_valid_test_dpo_datasets(
-        cfg=cfg.model,
-        data_prefix=data.data_prefix,
-        data_impl=data.data_impl,
-        splits_string=data.splits_string,
-        train_valid_test_num_samples=[-1 * gbs] * 3,
-        seq_length=data.seq_length,
-        seed=cfg.model.seed,
-        tokenizer=model.tokenizer,
-    )
+    train_ds, val_ds = build_datasets(cfg, model.tokenizer)
     train_dl = build_dataloader(
         cfg,
         train_ds,
@@ -216,10 +236,11 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     )
 
     init_peft(model, cfg.model)
-    if not model.reference_free and not model.use_peft:
-        # Full fine-tuning: the reference policy is the starting weights, kept on the host for
-        # DPOTrainer's swap. With PEFT it is the base model with the adapters switched off
-        # (NeMo-Aligner's convention; restored adapters are trained weights, not the reference).
+    if not model.reference_free and model.reference_sums is None and not model.use_peft:
+        # Full fine-tuning, online reference: the reference policy is the starting weights, kept
+        # on the host for DPOTrainer's swap. With PEFT it is the base model with the adapters
+        # switched off (NeMo-Aligner's convention; restored adapters are trained weights, not the
+        # reference). Precomputed: the sums come from a file and no weights are kept.
         model.ref_policy_state_dict = retrieve_model_state_dict_in_cpu(
             model, megatron_amp_O2=cfg.model.get("megatron_amp_O2", False)
         )
@@ -240,7 +261,7 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         val_dataloader=val_dl,
         test_dataloader=None,
         collate_fn=partial(
-            dpo_custom_collate,
+            collate_with_pair_ids,
             eos_id=model.tokenizer.eos_id,
             reset_position_ids=data.get("reset_position_ids", False),
             reset_attention_mask=data.get("reset_attention_mask", False),

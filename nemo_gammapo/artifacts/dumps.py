@@ -5,8 +5,9 @@ data-parallel slice of the step's pairs — at most ``max_pairs`` — to
 ``<run_dir>/gamma_dumps/step_<step>_dp<rank>.parquet``. The values are the ones the loss already
 computed (no extra forward pass) and leave the device once per dumped step, after the
 micro-batch loop. Columns: ``step``, ``microbatch``, ``dp_rank``, ``pair`` (index in the global
-micro-batch), ``margin`` (β-scaled), ``gamma``, ``loss``, ``valid``. NeMo-Aligner's collate does
-not carry dataset ids, so a pair is identified by (step, microbatch, pair).
+micro-batch), ``pair_id`` (the pair's content id, :mod:`nemo_gammapo.data.pair_id`; -1 where the
+batch carried none), ``margin`` (β-scaled), ``gamma``, ``loss``, ``valid``. ``pair_id`` names the
+same pair in every run, layout and resume; dumps written before it existed read back with -1.
 
 The writer (:class:`PairDumper`) runs inside training (``nemo_gammapo.aligner.model``); the
 reader (:func:`read_dumps`) serves the plots and analyses and needs neither NeMo nor megatron.
@@ -23,7 +24,8 @@ import torch
 from nemo_gammapo.artifacts.metrics import warn_stderr
 
 DUMP_DIR = "gamma_dumps"
-COLUMNS = ("step", "microbatch", "dp_rank", "pair", "margin", "gamma", "loss", "valid")
+COLUMNS = ("step", "microbatch", "dp_rank", "pair", "pair_id", "margin", "gamma", "loss", "valid")
+OPTIONAL_COLUMNS = {"pair_id": -1}  # added later; older dumps get this value
 
 
 class PairDumper:
@@ -59,6 +61,8 @@ class PairDumper:
             columns["microbatch"] += [mb] * n
             columns["dp_rank"] += [dp_rank] * n
             columns["pair"] += list(range(start, start + n))
+            ids = rec.get("pair_ids")
+            columns["pair_id"] += ids.tolist() if ids is not None and ids.numel() == n else [-1] * n
             columns["margin"] += margins.tolist()
             columns["gamma"] += gamma.tolist()
             columns["loss"] += losses.tolist()
@@ -99,6 +103,9 @@ def read_dumps(run_dir: str | Path, warn: Callable[[str], None] | None = None) -
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             warn(f"{path}: skipped, not a readable parquet file ({first})")
             continue
+        for column, fill in OPTIONAL_COLUMNS.items():
+            if column not in frame.columns:
+                frame[column] = fill
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             warn(f"{path}: skipped, missing column(s) {missing}")
