@@ -24,6 +24,8 @@ from nemo_gammapo.cli import main as cli_main
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTIONS = {"1": "solver", "2": "step", "3": "nemo"}  # "## <n>. …" section of docs/benchmarks.md
+COMPUTE_SECTION = "## 4."  # the NeMo path where compute dominates (bench nemo-compute)
+GPU_SECTION = "## 5."
 COMPILED_ONLY = {"ours_compiled_ms", "speedup_compiled"}  # solver columns of a --compile'd solver only
 
 
@@ -36,6 +38,13 @@ def documented_columns() -> dict[str, list[str]]:
             columns[SECTIONS[number]] = header.split()
     assert set(columns) == set(SECTIONS.values()), f"result tables not found in {DOCS}: {columns}"
     return columns
+
+
+def documented_compute_columns(table: str) -> list[str]:
+    """Columns of the ``scaling`` (first) or ``ratios`` (second) result table of the nemo-compute section."""
+    section = DOCS.read_text(encoding="utf-8").split(COMPUTE_SECTION)[1].split(GPU_SECTION)[0]
+    headers = [m.group(1).split() for m in re.finditer(r"^```\n(.*?)\n-[- ]*\n", section, re.M)]
+    return {"scaling": headers[0], "ratios": headers[2]}[table]
 
 
 class FakeClock:
@@ -154,6 +163,154 @@ def test_peak_tflops_must_be_a_positive_number(value: str, capsys: pytest.Captur
     assert exit_info.value.code == 2 and "--peak-tflops" in capsys.readouterr().err
 
 
+# ------------------------------------------------------------------ nemo-compute: arithmetic, variants, docs
+
+
+def test_compute_size_gflop_per_step_known_answer() -> None:
+    from nemo_gammapo.bench.nemo_compute import Size
+
+    size = Size("t", hidden=64, layers=2, heads=4, seq=128, global_batch=8)
+    # matmul params 2·(4·64² + 2·64·256) + 64·384 = 122880; 6·122880 + 12·2·64·128 = 933888 per token
+    assert size.train_flops_per_token() == 933888
+    assert size.step_gflop() == pytest.approx(933888 * 2 * 8 * 128 / 1e9)  # 2 sequences per pair
+    assert size.step_gflop(reference_pass=True) == pytest.approx(size.step_gflop() * 4 / 3)
+    assert "model.ffn_hidden_size=256" in size.overrides() and "model.max_position_embeddings=128" in size.overrides()
+
+
+def test_compute_pairs_are_exactly_seq_characters_long(tmp_path: Path) -> None:
+    from nemo_gammapo.bench.nemo_compute import write_pairs
+
+    path = write_pairs(tmp_path / "p.jsonl", pairs=5, seq=33)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 5 and len({r["id"] for r in records}) == 5
+    for r in records:
+        assert len(r["prompt"] + r["chosen_response"]) == len(r["prompt"] + r["rejected_response"]) == 33
+
+
+def _timed_history(wall: list[float], cpu: list[float], step: list[float]) -> list[dict[str, Any]]:
+    history = _history(wall, step)
+    for record, c in zip([r for r in history if "train/loss" in r], cpu, strict=True):
+        record["cpu_time"] = c
+    return history
+
+
+def test_compute_run_times_skip_the_first_step_and_pool_over_runs() -> None:
+    from nemo_gammapo.bench.nemo_compute import run_times, summarize
+
+    first = run_times(_timed_history([10.0, 11.0, 13.0, 16.0], [1.0, 1.5, 2.5, 4.0], [9.0, 0.2, 0.9, 0.3]))
+    assert first == pytest.approx(
+        {
+            "wall_gaps_s": [1.0, 2.0, 3.0],
+            "cpu_gaps_s": [0.5, 1.0, 1.5],
+            "step_times_s": [0.2, 0.9, 0.3],
+            "wall_s": 2.0,
+            "cpu_s": 1.0,
+            "step_s": 0.3,
+        }
+    )
+    second = run_times(_timed_history([0.0, 5.0, 10.0], [0.0, 3.0, 6.0], [9.0, 0.5, 0.6]))
+    memory = [{"peak_rss_mib": 700.0, "rss_growth_mib": 10.0}, {"peak_rss_mib": 900.0, "rss_growth_mib": 30.0}]
+    summary = summarize([first | memory[0], second | memory[1]])
+    # pooled: wall gaps 1, 2, 3, 5, 5; CPU gaps 0.5, 1, 1.5, 3, 3; step times 0.2, 0.9, 0.3, 0.5, 0.6
+    assert summary == pytest.approx(
+        {
+            "wall_ms": 3000.0,
+            "cpu_ms": 1500.0,
+            "step_ms": 500.0,
+            "peak_rss_mib": 900.0,
+            "rss_growth_mib": 20.0,
+            "runs": 2,
+            "steps": 5,
+        }
+    )
+    no_cpu = run_times(_history([0.0, 1.0, 2.0], [0.1, 0.1, 0.1]))  # a history without cpu_time
+    assert no_cpu["cpu_gaps_s"] == [] and math.isnan(no_cpu["cpu_s"])
+
+
+def test_compute_scaling_rows_fit_the_fixed_cost() -> None:
+    from nemo_gammapo.bench.nemo_compute import Size, fit_fixed_cost, scaling_rows
+
+    assert fit_fixed_cost([(1.0, 0.3), (2.0, 0.5), (4.0, 0.9)]) == pytest.approx((0.1, 0.2))
+    sizes = [Size("a", 64, 2, 4, 128), Size("b", 128, 4, 4, 256)]
+    times = {  # CPU: 100 ms fixed + 10 ms per GFLOP
+        s.name: {"cpu_s": 0.1 + 0.01 * s.step_gflop(), "wall_s": 2.0, "step_s": 1.0} for s in sizes
+    }
+    rows = scaling_rows(sizes, times)
+    assert [r["size"] for r in rows] == ["a", "b"]
+    for row, s in zip(rows, sizes, strict=True):
+        assert row["fit_fixed_ms"] == pytest.approx(100.0) and row["fit_ms_per_gflop"] == pytest.approx(10.0)
+        assert row["cpu_ms_per_gflop"] == pytest.approx(row["cpu_ms"] / s.step_gflop())
+        assert row["fixed_share"] == pytest.approx(100.0 / row["cpu_ms"])
+        assert row["fixed_share_bound"] == pytest.approx(rows[0]["cpu_ms"] / row["cpu_ms"])
+        assert (row["wall_ms"], row["step_ms"]) == (2000.0, 1000.0)
+    assert list(rows[0]) == documented_compute_columns("scaling")
+    (single,) = scaling_rows(sizes[:1], times)
+    assert math.isnan(single["fixed_share"])
+
+
+def test_compute_ratio_rows_met_missed_pending_not_run() -> None:
+    from nemo_gammapo.bench.nemo_compute import RATIOS, ratio_rows
+
+    ran = {"cpu_ms": 100.0, "wall_ms": 300.0, "step_ms": 50.0, "status": "ran"}
+    variants = {
+        "simpo": ran,
+        "gamma_simpo": ran | {"cpu_ms": 101.0, "wall_ms": 600.0},
+        "gamma_dpo": ran | {"cpu_ms": 200.0, "step_ms": 40.0},
+        "gamma_dpo_precomputed": {"status": "pending", "reason": "not yet"},
+    }
+    rows = {r["ratio"]: r for r in ratio_rows(variants)}
+    assert list(rows) == [r.name for r in RATIOS]
+    assert list(rows["gamma_simpo/simpo"]) == documented_compute_columns("ratios")
+    simpo = rows["gamma_simpo/simpo"]
+    assert (simpo["cpu_ratio"], simpo["wall_ratio"], simpo["status"]) == (pytest.approx(1.01), 2.0, "met")
+    assert rows["gamma_simpo/gamma_dpo"]["cpu_ratio"] == pytest.approx(0.505)
+    assert rows["gamma_simpo/gamma_dpo"]["step_ratio"] == pytest.approx(1.25)
+    assert rows["gamma_simpo/gamma_dpo"]["status"] == "met"
+    assert rows["gamma_dpo/dpo"]["status"] == "not run" and math.isnan(rows["gamma_dpo/dpo"]["cpu_ratio"])
+    assert rows["gamma_dpo_precomputed/gamma_dpo"]["status"] == "pending"
+    variants["gamma_simpo"] = ran | {"cpu_ms": 103.0}
+    assert ratio_rows(variants)[0]["status"] == "MISSED"
+
+
+def test_compute_precomputed_variant_is_pending_until_its_config_key_and_setup_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The γ-DPO-precomputed row: one entry of the variant table, skipped while the feature is absent."""
+    import dataclasses
+
+    from nemo_gammapo import configs
+    from nemo_gammapo.bench import nemo_compute
+
+    (variant,) = [v for v in nemo_compute.VARIANTS if v.name == "gamma_dpo_precomputed"]
+    assert variant.requires == "model.dpo.reference" and "model.dpo.reference=precomputed" in variant.overrides
+    assert not variant.online_reference
+    monkeypatch.setattr(configs, "config_dir", lambda: tmp_path)
+    (tmp_path / "gpt_gammapo.yaml").write_text("model:\n  dpo:\n    preference_loss: gamma_simpo\n")
+    ready = dataclasses.replace(variant, pending=None, setup=lambda work_dir, overrides: ["x=1"])
+    assert "model.dpo.reference" in nemo_compute.pending_reason(ready)  # key absent: pending
+    (tmp_path / "gpt_gammapo.yaml").write_text("model:\n  dpo:\n    reference: online\n")
+    assert nemo_compute.pending_reason(ready) is None  # key present, setup written: runs
+    assert nemo_compute.pending_reason(variant) == variant.pending  # still marked pending in the table
+
+
+def test_committed_compute_results_match_the_docs() -> None:
+    """docs/benchmarks_compute.json (a full run) has the documented columns; every ratio is its variants' quotient."""
+    result = json.loads((ROOT / "docs" / "benchmarks_compute.json").read_text())["nemo-compute"]
+    assert result["scaling"] and all(list(r) == documented_compute_columns("scaling") for r in result["scaling"])
+    variants = {v["variant"]: v for v in result["variants"]}
+    for row in result["ratios"]:
+        assert list(row) == documented_compute_columns("ratios")
+        if row["status"] == "pending":
+            continue
+        num, den = row["ratio"].split("/")
+        for kind in ("cpu", "wall", "step"):
+            assert row[f"{kind}_ratio"] == pytest.approx(variants[num][f"{kind}_ms"] / variants[den][f"{kind}_ms"])
+    section = DOCS.read_text(encoding="utf-8").split(COMPUTE_SECTION)[1].split(GPU_SECTION)[0]
+    assert "nemo-gammapo bench nemo-compute" in section and "docs/benchmarks_compute.json" in section
+    size = result["compute_size"]["name"]
+    assert size in section, "the chosen size is named in the docs"
+
+
 # ------------------------------------------------------------------ one tiny run of each benchmark
 
 
@@ -219,10 +376,39 @@ def test_gpu_benchmark_dry_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())["gpu"]
     assert (row["device"], row["layers"], row["seq"], row["sync_free_checked"]) == ("cpu (dry run)", 2, 32, False)
-    # docs/benchmarks.md §4: "reports tokens/s, MFU, the γ-SimPO/SimPO step ratio" and the sync check
-    section = DOCS.read_text(encoding="utf-8").split("## 4.")[1]
+    # docs/benchmarks.md §5: "reports tokens/s, MFU, the γ-SimPO/SimPO step ratio" and the sync check
+    section = DOCS.read_text(encoding="utf-8").split(GPU_SECTION)[1]
     for phrase in ("tokens/s", "MFU", "γ-SimPO/SimPO step", 'set_sync_debug_mode("error")'):
         assert phrase in section, phrase
     assert row["gamma_overhead_ratio"] == pytest.approx(row["gamma_step_ms"] / row["base_step_ms"])
     assert row["tokens_per_s"] == pytest.approx(2 * 32 / (row["gamma_step_ms"] / 1e3))
     assert row["mfu"] == pytest.approx(flops_per_token(DRY_RUN_SHAPE, 32) * row["tokens_per_s"] / 1e9)
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_nemo_compute_benchmark_smoke(tmp_path: Path) -> None:
+    """bench nemo-compute --smoke: a tiny model, one round of γ-SimPO and γ-DPO, the pending row reported."""
+    out = tmp_path / "compute.json"
+    assert cli_main(["bench", "nemo-compute", "--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True
+    result = result["nemo-compute"]
+    (scaling,) = result["scaling"]
+    assert list(scaling) == documented_compute_columns("scaling") and math.isnan(scaling["fixed_share"])
+    variants = {v["variant"]: v for v in result["variants"]}
+    assert variants["gamma_dpo_precomputed"]["status"] == "pending"
+    assert math.isnan(scaling["fit_fixed_ms"]) and scaling["fixed_share_bound"] == pytest.approx(1.0)
+    for name in ("gamma_simpo", "gamma_dpo"):
+        assert variants[name]["status"] == "ran" and variants[name]["steps"] == 2 and variants[name]["peak_rss_mib"] > 0
+        assert 0 <= variants[name]["rss_growth_mib"] <= variants[name]["peak_rss_mib"]
+    rows = {r["ratio"]: r for r in result["ratios"]}
+    assert [r["status"] for r in rows.values()] == [
+        "not run",
+        "not run",
+        rows["gamma_simpo/gamma_dpo"]["status"],
+        "pending",
+    ]
+    for kind in ("cpu", "wall", "step"):
+        ratio = variants["gamma_simpo"][f"{kind}_ms"] / variants["gamma_dpo"][f"{kind}_ms"]
+        assert rows["gamma_simpo/gamma_dpo"][f"{kind}_ratio"] == pytest.approx(ratio)

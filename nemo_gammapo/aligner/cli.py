@@ -32,8 +32,8 @@ ENTRY_MODULE = "nemo_gammapo.aligner.entry"  # the worker, started with ``torchr
 PROG = "nemo-gammapo train"
 
 
-def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = PROG, description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.split("\n\n")[0])
     p.add_argument("--config-name", default="gpt_gammapo", help="a config in --config-dir (default: gpt_gammapo)")
     p.add_argument("--config-dir", type=Path, default=config_dir(), help="folder of the Hydra configs")
     p.add_argument("--nproc-per-node", type=int, default=None, help="workers on this node (default: trainer.devices)")
@@ -69,11 +69,12 @@ def main(
     entry_module: str = ENTRY_MODULE,
     adjust: Callable[[Any], None] | None = None,
     needs_run_dir: bool = True,
+    description: str | None = None,
 ) -> int:
     """``nemo-gammapo train``; other commands that start workers the same way pass their own
     ``entry_module``, ``adjust`` the composed config before the checks, and may not need the
     run_dir (``needs_run_dir=False``: no lock check)."""
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser(prog, description).parse_args(argv)
     from nemo_gammapo.aligner.preflight import preflight
 
     try:

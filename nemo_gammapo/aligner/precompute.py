@@ -154,7 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     """The command: start-up checks in this process, then the workers under torchrun."""
     from nemo_gammapo.aligner import cli
 
-    return cli.main(argv, prog=PROG, entry_module=WORKER_MODULE, adjust=use_online_reference, needs_run_dir=False)
+    return cli.main(
+        argv,
+        prog=PROG,
+        entry_module=WORKER_MODULE,
+        adjust=use_online_reference,
+        needs_run_dir=False,
+        description=__doc__.split("\n\n")[0],
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 nemo-gammapo bench all --out docs/benchmarks.json      # the CPU benchmarks (several minutes)
 nemo-gammapo bench solver|step|nemo|gpu [--smoke]       # one of them; --smoke: one tiny iteration
+nemo-gammapo bench nemo-compute --out docs/benchmarks_compute.json  # NeMo path where compute dominates (~10 min)
 nemo-gammapo bench gpu [--dry-run]                      # GPU benchmark (or its CPU dry run)
 nemo-gammapo bench gpu --peak-tflops 400                # MFU against this dense BF16 peak (TFLOP/s)
 """
@@ -18,7 +19,7 @@ from typing import Any
 from nemo_gammapo.bench.common import format_table, machine_info
 
 TARGETS = {
-    "solver": "speedup over the authors' style >= 20x",
+    "solver": "retired (replaced by tests/test_gamma_path_cost.py); measurements only",
     "step": "gamma / base step time <= 1.02",
     "nemo": "gamma-SimPO / gamma-DPO step time <= 0.78",
 }
@@ -45,6 +46,30 @@ def _nemo(smoke: bool) -> list[dict[str, Any]]:
         return nemo_step.run(Path(tmp), steps=3 if smoke else 16)
 
 
+def _nemo_compute(smoke: bool) -> dict[str, Any]:
+    from nemo_gammapo.bench import nemo_compute
+
+    plan = nemo_compute.SMOKE if smoke else nemo_compute.FULL
+    with tempfile.TemporaryDirectory(prefix="gammapo-bench-") as tmp:
+        return nemo_compute.run(Path(tmp), plan)
+
+
+def _print_nemo_compute(result: dict[str, Any]) -> None:
+    from nemo_gammapo.bench.nemo_compute import RATIOS
+
+    size = result["compute_size"]
+    print("\n== nemo-compute: size scaling, gamma_simpo (is the step compute-bound?) ==")
+    print(format_table(result["scaling"], list(result["scaling"][0])))
+    print(f"\n== nemo-compute: variants at {size['name']} (median of {result['rounds']} rounds) ==")
+    columns = ["variant", "cpu_ms", "wall_ms", "step_ms", "peak_rss_mib", "rss_growth_mib", "gflop_per_step", "runs"]
+    columns += ["steps", "status"]
+    print(format_table(result["variants"], columns))
+    print("\n== nemo-compute: ratios (status: CPU time per step against the target, <=) ==")
+    print(format_table(result["ratios"], ["ratio", "target", "cpu_ratio", "wall_ratio", "step_ratio", "status"]))
+    for r in RATIOS:
+        print(f"  {r.name}: {r.what}")
+
+
 def _gpu(smoke: bool, dry_run: bool, peak_tflops: float | None = None) -> list[dict[str, Any]]:
     from nemo_gammapo.bench import gpu
 
@@ -53,7 +78,7 @@ def _gpu(smoke: bool, dry_run: bool, peak_tflops: float | None = None) -> list[d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nemo-gammapo bench", description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["solver", "step", "nemo", "gpu", "all"])
+    parser.add_argument("which", choices=["solver", "step", "nemo", "nemo-compute", "gpu", "all"])
     parser.add_argument("--smoke", action="store_true", help="one tiny iteration each (for CI; no timing value)")
     parser.add_argument("--dry-run", action="store_true", help="gpu: run on CPU with tiny shapes")
     parser.add_argument("--compile", action="store_true", help="step: γ losses use the torch.compile'd solver")
@@ -71,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     names = ["solver", "step", "nemo"] if args.which == "all" else [args.which]
     results: dict[str, Any] = {"machine": machine_info(), "smoke": args.smoke}
     for name in names:
+        if name == "nemo-compute":
+            results[name] = _nemo_compute(args.smoke)
+            _print_nemo_compute(results[name])
+            continue
         if name == "gpu":
             rows = _gpu(args.smoke, args.dry_run, args.peak_tflops)
         elif name == "step":
