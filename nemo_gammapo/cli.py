@@ -23,6 +23,7 @@ SUBCOMMANDS = {
         "nemo_gammapo.aligner.precompute",
         "the reference policy's log-probs for every pair, once (model.dpo.reference=precomputed)",
     ),
+    "convert": ("nemo_gammapo.convert.cli", "Hugging Face checkpoints <-> .nemo (hf-to-nemo, nemo-to-hf)"),
     "data": ("nemo_gammapo.data.cli", "preference data tools (convert, validate, stats, flip)"),
     "launch": ("nemo_gammapo.launch.nemo_run_launch", "start a run with NeMo-Run (local, SLURM); its status and logs"),
     "plan": ("nemo_gammapo.launch.planner", "estimate per-GPU memory of TP/PP/DP layouts"),
