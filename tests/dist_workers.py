@@ -8,6 +8,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from nemo_gammapo.distributed.process_groups import reset_between_runs
+
 
 def _full_problem(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
@@ -148,25 +150,6 @@ def aligner_killed_worker(rank: int, world_size: int, run: dict[str, Any], kill_
 
     RunLimit.is_finished = is_finished
     aligner_train_worker(rank, world_size, **run)
-
-
-def reset_between_runs(rank: int) -> None:
-    """Tear down what a fresh process would not have — the model-parallel state, the micro-batch
-    calculator (runs may differ in batch sizes) and the process group — and agree on a new port."""
-    import os
-
-    from megatron.core import parallel_state
-    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
-
-    from nemo_gammapo.distributed.process_groups import free_port
-
-    port = [free_port() if rank == 0 else None]
-    dist.broadcast_object_list(port, src=0)
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    destroy_num_microbatches_calculator()
-    dist.destroy_process_group()
-    os.environ["MASTER_PORT"] = str(port[0])
 
 
 def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -92,6 +92,7 @@ gammapo_settings() {
     VAL_FILE=${VAL_FILE:-val.jsonl}
     RUN_NAME=${RUN_NAME:-$CONFIG}
     RUN_DIR=$RESULTS_DIR/$RUN_NAME  # as the host sees it
+    STOP_FILE=$RUN_DIR/.nemo_gammapo/stop_requested  # nemo_gammapo.aligner.stop_request.STOP_FILE
     LOG_DIR=$RUN_DIR/slurm_logs
 }
 
@@ -207,8 +208,8 @@ gammapo_on_usr1() {
     echo "gammapo: stop requested (USR1): the training tasks checkpoint after this step and exit, then the job requeues"
     GAMMAPO_STOP_REQUESTED=1
     GAMMAPO_INTERRUPTED=1
-    mkdir -p "$RUN_DIR/.nemo_gammapo"
-    echo "USR1 to SLURM job ${SLURM_JOB_ID:-?} at $(date -Is)" > "$RUN_DIR/.nemo_gammapo/stop_requested"
+    mkdir -p "$(dirname "$STOP_FILE")"
+    echo "USR1 to SLURM job ${SLURM_JOB_ID:-?} at $(date -Is)" > "$STOP_FILE"
     return 0
 }
 
@@ -236,7 +237,7 @@ gammapo_main() {
     fi
     [[ -n "${SLURM_JOB_ID:-}" ]] || gammapo_fail "not inside a SLURM job: submit with sbatch, or set DRY_RUN=1"
     mkdir -p "$LOG_DIR"
-    rm -f "$RUN_DIR/.nemo_gammapo/stop_requested"  # a request to an earlier job is not one to this job
+    rm -f "$STOP_FILE"  # a request to an earlier job is not one to this job
     gammapo_print
     trap gammapo_on_usr1 USR1
     "${SRUN_CMD[@]}" &
@@ -249,8 +250,8 @@ gammapo_main() {
         if [[ "$again" != 127 ]]; then rc=$again; fi  # 127: srun had already been reaped; keep its status
     done
     if [[ "$GAMMAPO_STOP_REQUESTED" == 1 && "$rc" == 0 ]]; then
-        if [[ -e "$RUN_DIR/.nemo_gammapo/stop_requested" ]]; then  # not taken: training had ended anyway
-            rm -f "$RUN_DIR/.nemo_gammapo/stop_requested"
+        if [[ -e "$STOP_FILE" ]]; then  # not taken: training had ended anyway
+            rm -f "$STOP_FILE"
             echo "gammapo: training finished before the stop request was seen; not requeueing"
         else
             gammapo_requeue || rc=1

@@ -187,9 +187,12 @@ def check_sidecar(cfg: Any, files: Mapping[str, list[str]]) -> ReferenceLogprobs
     """
     path = Path(cfg.model.dpo.reference_logprobs)
     sidecar = ReferenceLogprobs.load(path)
+    scanned: list[tuple[str, list[tuple[int, int]]]] = []  # (file, [(line, pair id)]): each file read once
     for split, paths in files.items():
         for data in paths:
-            digest = file_digest(data)
+            h = hashlib.sha256()
+            scanned.append((data, list(file_pair_ids(data, h))))
+            digest = h.hexdigest()
             if sidecar.data_digest.get(split) != digest:
                 raise ConfigError(
                     f"model.dpo.reference_logprobs: {path} was computed for other {split} data than {data} "
@@ -202,14 +205,13 @@ def check_sidecar(cfg: Any, files: Mapping[str, list[str]]) -> ReferenceLogprobs
             f"(model digest {sidecar.model_digest[:12]}… vs {digest[:12]}…); recompute it"
         )
     known = set(sidecar.pair_ids.tolist())
-    for paths in files.values():
-        for data in paths:
-            for lineno, pid in file_pair_ids(data):
-                if pid not in known:
-                    raise ConfigError(
-                        f"model.dpo.reference_logprobs: {path} has no value for the pair at {data}:{lineno} "
-                        f"(pair id {pid}); recompute it"
-                    )
+    for data, ids in scanned:
+        for lineno, pid in ids:
+            if pid not in known:
+                raise ConfigError(
+                    f"model.dpo.reference_logprobs: {path} has no value for the pair at {data}:{lineno} "
+                    f"(pair id {pid}); recompute it"
+                )
     return sidecar
 
 

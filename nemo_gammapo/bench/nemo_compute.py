@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nemo_gammapo.distributed.process_groups import reset_between_runs
+
 # ------------------------------------------------------------------ sizes
 
 
@@ -248,26 +250,6 @@ def rss_mib() -> float:
     """This process's resident memory now (MiB; NaN where ``/proc`` cannot tell)."""
     now = _status_mib("VmRSS")
     return float("nan") if now is None else now
-
-
-def reset_between_runs(rank: int) -> None:
-    """Tear down what a fresh process would not have (model-parallel state, micro-batch calculator,
-    process group) and agree on a new rendezvous port, so the next ``train()`` starts clean."""
-    import os
-
-    import torch.distributed as dist
-    from megatron.core import parallel_state
-    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
-
-    from nemo_gammapo.distributed.process_groups import free_port
-
-    port = [free_port() if rank == 0 else None]
-    dist.broadcast_object_list(port, src=0)
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    destroy_num_microbatches_calculator()
-    dist.destroy_process_group()
-    os.environ["MASTER_PORT"] = str(port[0])
 
 
 def runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,9 +24,14 @@ def pair_id(row: Mapping[str, Any]) -> int:
     return int.from_bytes(hashlib.sha256(content.encode("utf-8")).digest()[:8], "big") >> 1
 
 
-def file_pair_ids(path: str | Path) -> Iterator[tuple[int, int]]:
-    """``(line number, pair id)`` for every non-blank line of a JSONL file, in file order."""
-    with open(path, encoding="utf-8") as f:
+def file_pair_ids(path: str | Path, digest: Any = None) -> Iterator[tuple[int, int]]:
+    """``(line number, pair id)`` for every non-blank line of a JSONL file, in file order.
+
+    ``digest``: a ``hashlib`` object fed every byte of the file on the way (one read for both).
+    """
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
+            if digest is not None:
+                digest.update(line)
             if line.strip():
                 yield lineno, pair_id(json.loads(line))

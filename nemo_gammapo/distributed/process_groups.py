@@ -39,6 +39,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def reset_between_runs(rank: int) -> None:
+    """Between two training runs in the same processes: tear down what a fresh process would not
+    have — megatron-core's model-parallel state, the micro-batch calculator (runs may differ in
+    batch sizes) and the process group — and agree on a new rendezvous port (``MASTER_PORT``).
+    Call it on every rank of the group."""
+    from megatron.core import parallel_state
+    from megatron.core.num_microbatches_calculator import destroy_num_microbatches_calculator
+
+    port = [free_port() if rank == 0 else None]
+    dist.broadcast_object_list(port, src=0)
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    destroy_num_microbatches_calculator()
+    dist.destroy_process_group()
+    os.environ["MASTER_PORT"] = str(port[0])
+
+
 def default_backend() -> str:
     """``"nccl"`` when CUDA is available, else ``"gloo"``."""
     return "nccl" if torch.cuda.is_available() else "gloo"
