@@ -7,9 +7,11 @@ Python; the tiny γ-SimPO preset, 1 task, 6 steps, a checkpoint every 2 steps) o
 * **uninterrupted** — the reference;
 * **(a) scancel -b --signal=USR1** once step 3 is logged: the batch shell writes the stop file, the
   task finishes its step, checkpoints, exits 0, the job requeues itself and the restart continues;
-* **(b) a time-limit warning**: ``--time=1 --signal=B:USR1@55`` — SLURM itself sends the warning
-  about 10 s in, while the task is still starting or has just begun training (the whole run takes
-  ~20 s): the request is kept until the first step ends, which is then checkpointed. After the
+* **(b) a time-limit warning**: ``--time=2 --signal=B:USR1@120`` — SLURM itself sends the warning.
+  slurmctld checks time limits only every 30 s, so it arrives up to 30 s after the window opens
+  (here: at the start); the first incarnation's Python starts 35 s late (a wrapper around
+  ``PYTHON``), so the warning always lands while the task is starting — the race a forwarded signal
+  loses. The request is kept until the first step ends, which is then checkpointed. After the
   requeue the test gives the job time to finish (``scontrol update TimeLimit``), as a user would
   for the last stretch;
 * **(c) a real priority preemption**, no signal: the job runs in the preemptible partition ``low``;
@@ -46,6 +48,7 @@ EXTRA_ARGS = (
     f"trainer.dpo.max_steps={STEPS} trainer.dpo.val_check_interval=2 trainer.dpo.save_interval=2 "
     "model.global_batch_size=8"
 )
+TIME_LIMIT_CHECK_S = 30  # slurmctld's period for time limits and their warnings (PERIODIC_TIMEOUT)
 INTERRUPT_AFTER = 3  # training records logged (steps 1..3 done; the step-2 checkpoint exists)
 PHASE_TIMEOUT_S = 300
 
@@ -66,11 +69,11 @@ class Jobs:
         self.root = root
         self.ids: dict[str, int] = {}
 
-    def submit(self, name: str, *sbatch_args: str) -> None:
+    def submit(self, name: str, *sbatch_args: str, python: str = sys.executable) -> None:
         env = {
             "GAMMAPO_REPO": str(ROOT),
             "CONTAINER_IMAGE": "",  # host mode
-            "PYTHON": sys.executable,
+            "PYTHON": python,
             "CONFIG": "tiny_cpu",
             "MODEL_FILE": "",  # the preset's own (seeded) random start
             "DATA_DIR": str(demo_data_dir()),
@@ -125,7 +128,14 @@ def run_scenarios(cluster: SlurmCluster, root: Path) -> dict[str, Any]:
     drive(["uninterrupted", "usr1"], phase1)
 
     # Phase 2: (b) and (c), side by side (only `low` jobs can be preempted).
-    jobs.submit("time_limit", "--time=1", "--signal=B:USR1@55")
+    late_python = root / "late_python.sh"  # the first incarnation starts Python after the warning
+    late_python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'[[ "${{SLURM_RESTART_COUNT:-0}}" == 0 ]] && sleep {TIME_LIMIT_CHECK_S + 5}\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    late_python.chmod(0o755)
+    jobs.submit("time_limit", "--time=2", "--signal=B:USR1@120", python=str(late_python))
     jobs.submit("preempted", "--partition=low")
 
     def phase2() -> None:
