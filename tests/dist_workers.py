@@ -273,22 +273,13 @@ def reference_runs_worker(rank: int, world_size: int, plan: list[dict[str, Any]]
     for entry in plan:
         if "precompute" in entry:
             run = entry["precompute"]
-            import os
+            from nemo_gammapo.bench.nemo_step import precompute_preset
 
-            from nemo_gammapo.aligner.precompute import precompute
-            from nemo_gammapo.bench.nemo_step import ROOT as REPO
-            from nemo_gammapo.bench.nemo_step import use_bundled_demo_data
-            from nemo_gammapo.configs import compose
-            from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
-
-            os.chdir(REPO)
-            maybe_apply_cpu_patches(nemo=True)
             calls = _count_reference_calls()
             for name in calls:
                 calls[name] = 0
-            cfg = compose("tiny_cpu", [f"run_dir={run['run_dir']}", f"trainer.devices={world_size}", *run["overrides"]])
-            use_bundled_demo_data(cfg)
-            results.append({"sidecar": str(precompute(cfg)), "calls": dict(calls)})
+            sidecar = precompute_preset(world_size, run["run_dir"], run["overrides"])
+            results.append({"sidecar": str(sidecar), "calls": dict(calls)})
         else:
             results.append(aligner_train_worker(rank, world_size, **entry))
         reset_between_runs(rank)

@@ -272,25 +272,22 @@ def test_compute_ratio_rows_met_missed_pending_not_run() -> None:
     assert ratio_rows(variants)[0]["status"] == "MISSED"
 
 
-def test_compute_precomputed_variant_is_pending_until_its_config_key_and_setup_exist(
+def test_compute_variant_is_pending_while_its_config_key_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The γ-DPO-precomputed row: one entry of the variant table, skipped while the feature is absent."""
-    import dataclasses
-
+    """A variant whose config key is absent is reported pending, not run; the precomputed one now runs."""
     from nemo_gammapo import configs
     from nemo_gammapo.bench import nemo_compute
 
     (variant,) = [v for v in nemo_compute.VARIANTS if v.name == "gamma_dpo_precomputed"]
     assert variant.requires == "model.dpo.reference" and "model.dpo.reference=precomputed" in variant.overrides
-    assert not variant.online_reference
+    assert not variant.online_reference and variant.setup is not None and variant.pending is None
+    assert nemo_compute.pending_reason(variant) is None  # the real config has the key
     monkeypatch.setattr(configs, "config_dir", lambda: tmp_path)
     (tmp_path / "gpt_gammapo.yaml").write_text("model:\n  dpo:\n    preference_loss: gamma_simpo\n")
-    ready = dataclasses.replace(variant, pending=None, setup=lambda work_dir, overrides: ["x=1"])
-    assert "model.dpo.reference" in nemo_compute.pending_reason(ready)  # key absent: pending
+    assert "model.dpo.reference" in nemo_compute.pending_reason(variant)  # key absent: pending
     (tmp_path / "gpt_gammapo.yaml").write_text("model:\n  dpo:\n    reference: online\n")
-    assert nemo_compute.pending_reason(ready) is None  # key present, setup written: runs
-    assert nemo_compute.pending_reason(variant) == variant.pending  # still marked pending in the table
+    assert nemo_compute.pending_reason(variant) is None
 
 
 def test_committed_compute_results_match_the_docs() -> None:
@@ -388,7 +385,7 @@ def test_gpu_benchmark_dry_run(tmp_path: Path) -> None:
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_nemo_compute_benchmark_smoke(tmp_path: Path) -> None:
-    """bench nemo-compute --smoke: a tiny model, one round of γ-SimPO and γ-DPO, the pending row reported."""
+    """bench nemo-compute --smoke: a tiny model, one round of γ-SimPO, γ-DPO online and γ-DPO precomputed."""
     out = tmp_path / "compute.json"
     assert cli_main(["bench", "nemo-compute", "--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -397,9 +394,8 @@ def test_nemo_compute_benchmark_smoke(tmp_path: Path) -> None:
     (scaling,) = result["scaling"]
     assert list(scaling) == documented_compute_columns("scaling") and math.isnan(scaling["fixed_share"])
     variants = {v["variant"]: v for v in result["variants"]}
-    assert variants["gamma_dpo_precomputed"]["status"] == "pending"
     assert math.isnan(scaling["fit_fixed_ms"]) and scaling["fixed_share_bound"] == pytest.approx(1.0)
-    for name in ("gamma_simpo", "gamma_dpo"):
+    for name in ("gamma_simpo", "gamma_dpo", "gamma_dpo_precomputed"):
         assert variants[name]["status"] == "ran" and variants[name]["steps"] == 2 and variants[name]["peak_rss_mib"] > 0
         assert 0 <= variants[name]["rss_growth_mib"] <= variants[name]["peak_rss_mib"]
     rows = {r["ratio"]: r for r in result["ratios"]}
@@ -407,8 +403,11 @@ def test_nemo_compute_benchmark_smoke(tmp_path: Path) -> None:
         "not run",
         "not run",
         rows["gamma_simpo/gamma_dpo"]["status"],
-        "pending",
+        rows["gamma_dpo_precomputed/gamma_dpo"]["status"],
     ]
+    assert rows["gamma_dpo_precomputed/gamma_dpo"]["status"] in ("met", "MISSED")
     for kind in ("cpu", "wall", "step"):
+        ratio = variants["gamma_dpo_precomputed"][f"{kind}_ms"] / variants["gamma_dpo"][f"{kind}_ms"]
+        assert rows["gamma_dpo_precomputed/gamma_dpo"][f"{kind}_ratio"] == pytest.approx(ratio)
         ratio = variants["gamma_simpo"][f"{kind}_ms"] / variants["gamma_dpo"][f"{kind}_ms"]
         assert rows["gamma_simpo/gamma_dpo"][f"{kind}_ratio"] == pytest.approx(ratio)

@@ -134,8 +134,24 @@ class Variant:
 
 
 def _precomputed_reference_setup(work_dir: Path, overrides: list[str]) -> list[str]:
-    """Write the reference log-probs of the benchmark's data and return the override naming the file."""
-    raise NotImplementedError("the precompute command is not written yet")
+    """Write the reference log-probs of the benchmark's data (2 ranks, untimed); the override naming the file.
+
+    What a user does once before training with ``model.dpo.reference=precomputed``
+    (``nemo-gammapo precompute-reference`` with the training overrides).
+    """
+    from nemo_gammapo.distributed.process_groups import run_on_ranks
+
+    sidecar = work_dir / "reference_logprobs.pt"
+    file_override = f"model.dpo.reference_logprobs={sidecar}"
+    kwargs = {"run_dir": str(work_dir / "precompute"), "overrides": [*overrides, file_override]}
+    run_on_ranks(_precompute_worker, 2, 1800, kwargs, init_process_group=False)
+    return [file_override]
+
+
+def _precompute_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> str:
+    from nemo_gammapo.bench.nemo_step import precompute_preset
+
+    return str(precompute_preset(world_size, run_dir, overrides))
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -144,13 +160,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("dpo", ("model.dpo.preference_loss=dpo", *DPO_ARGS), online_reference=True),
     Variant("gamma_dpo", ("model.dpo.preference_loss=gamma_dpo", *GAMMA_DPO_ARGS), online_reference=True),
     # γ-DPO with the reference log-probs read from a file written before training (no reference pass).
-    # TODO(lead): set ``setup=_precomputed_reference_setup`` (implemented) and drop ``pending``.
     Variant(
         "gamma_dpo_precomputed",
         ("model.dpo.preference_loss=gamma_dpo", *GAMMA_DPO_ARGS, "model.dpo.reference=precomputed"),
-        setup=None,
+        setup=_precomputed_reference_setup,
         requires="model.dpo.reference",
-        pending="needs `model.dpo.reference=precomputed` and the reference log-probs precompute command",
     ),
 )
 
@@ -456,7 +470,7 @@ SMOKE = Plan(
     scaling_steps=3,
     variant_steps=3,
     rounds=1,
-    variants=tuple(v for v in VARIANTS if v.name in ("gamma_simpo", "gamma_dpo") or v.pending),
+    variants=tuple(v for v in VARIANTS if v.name in ("gamma_simpo", "gamma_dpo", "gamma_dpo_precomputed")),
 )
 
 

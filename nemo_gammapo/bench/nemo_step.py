@@ -43,6 +43,26 @@ def train_preset(world_size: int, run_dir: str, overrides: list[str], config_nam
     return train(cfg)
 
 
+def precompute_preset(world_size: int, run_dir: str, overrides: list[str], config_name: str = "tiny_cpu") -> Path:
+    """Write the reference log-probs of ``<config_name>.yaml`` (with ``overrides``) from this rank; the file's path.
+
+    The precompute twin of :func:`train_preset` (same rank set-up, same overrides, same bundled data):
+    runs :func:`nemo_gammapo.aligner.precompute.precompute`, which writes
+    ``model.dpo.reference_logprobs``.
+    """
+    if (ROOT / "conf").is_dir():
+        os.chdir(ROOT)
+    from nemo_gammapo.cpu_compat import maybe_apply_cpu_patches
+
+    maybe_apply_cpu_patches(nemo=True)
+    from nemo_gammapo.aligner.precompute import precompute
+    from nemo_gammapo.configs import compose
+
+    cfg = compose(config_name, [f"run_dir={run_dir}", f"trainer.devices={world_size}", *overrides])
+    use_bundled_demo_data(cfg)
+    return precompute(cfg)
+
+
 DEMO_PREFIX = "data/demo/"  # how the tiny presets name the bundled data (relative to a checkout)
 
 
