@@ -2,7 +2,7 @@
 
 nemo-gammapo bench all --out docs/benchmarks.json      # the CPU benchmarks (several minutes)
 nemo-gammapo bench solver|step|nemo|gpu [--smoke]       # one of them; --smoke: one tiny iteration
-nemo-gammapo bench nemo-compute --out docs/benchmarks_compute.json  # NeMo path where compute dominates (~10 min)
+nemo-gammapo bench nemo-compute --out docs/benchmarks_compute.json  # NeMo path where compute dominates (~15 min)
 nemo-gammapo bench gpu [--dry-run]                      # GPU benchmark (or its CPU dry run)
 nemo-gammapo bench gpu --peak-tflops 400                # MFU against this dense BF16 peak (TFLOP/s)
 """
