@@ -7,6 +7,7 @@
     nemo-gammapo plan ...     parallel-layout memory planner (nemo_gammapo.launch.planner)
     nemo-gammapo plots ...    margin / γ figures from a run (nemo_gammapo.viz)
     nemo-gammapo bench ...    benchmarks (nemo_gammapo.bench)
+    nemo-gammapo generate ... responses to a prompt file, as AlpacaEval model outputs (nemo_gammapo.evaluate.generate)
 
 Each subcommand lives in its own module exposing ``main(argv: list[str] | None) -> int``;
 modules are imported only when their subcommand runs, so ``--help`` stays fast.
@@ -29,6 +30,10 @@ SUBCOMMANDS = {
     "plan": ("nemo_gammapo.launch.planner", "estimate per-GPU memory of TP/PP/DP layouts"),
     "plots": ("nemo_gammapo.viz.cli", "margin / γ figures from a training run"),
     "bench": ("nemo_gammapo.bench.cli", "benchmarks (solver, training step, memory)"),
+    "generate": (
+        "nemo_gammapo.evaluate.generate",
+        "responses of a HF or .nemo model to a prompt file, as AlpacaEval model outputs",
+    ),
 }
 
 

@@ -506,6 +506,8 @@ def code_snippets(paths: Iterable[Path]) -> list[tuple[Snippet, bool]]:
 # Flags of tools other than ours that the docs show, each with the tool it belongs to.
 EXTERNAL_FLAGS: dict[str, str] = {
     "--account": "sbatch",
+    "--model_outputs": "alpaca_eval (AlpacaEval)",
+    "--annotators_config": "alpaca_eval (AlpacaEval)",
     "--partition": "sbatch",
     "--nodes": "sbatch / srun (also `nemo-gammapo plan --nodes`)",
     "--time": "sbatch",

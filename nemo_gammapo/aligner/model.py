@@ -100,8 +100,10 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
 
     def __init__(self, cfg: DictConfig, trainer: Trainer) -> None:
         super().__init__(cfg, trainer=trainer)
+        # a converted checkpoint records its true vocabulary, which may exceed the tokenizer's (Qwen2)
+        vocab_size = int(cfg.get("hf_vocab_size") or self.tokenizer.vocab_size)
         for chunk in self.model if isinstance(self.model, list) else [self.model]:
-            mask_padded_vocabulary(chunk, self.tokenizer.vocab_size)
+            mask_padded_vocabulary(chunk, vocab_size)
         self.gamma_po: GammaPOLoss | None = None
         if self.preference_loss not in ALIGNER_NATIVE_LOSSES:
             loss_cfg, gamma_cfg = loss_configs(cfg.dpo)

@@ -1,7 +1,8 @@
 """Hugging Face ``transformers`` checkpoints ↔ NeMo 1.x ``.nemo`` files that γ-PO training restores.
 
-    hf_to_nemo("/ckpt/Llama-3-8B-Instruct", "/ckpt/llama3-8b-instruct.nemo", family="llama")
-    nemo_to_hf("runs/x/checkpoints/x.nemo", "/ckpt/llama3-8b-gammapo-hf", family="llama")
+    hf_to_nemo("/ckpt/Llama-3-8B-Instruct", "/ckpt/llama3-8b-instruct.nemo", family="llama", tp=8)
+    run_to_nemo("runs/x", "/ckpt/x-trained.nemo")  # the run's newest complete checkpoint
+    nemo_to_hf("/ckpt/x-trained.nemo", "/ckpt/llama3-8b-gammapo-hf")  # family: the one recorded
 
 The weight mapping is NeMo's own: each family's ``HF<Family>Importer`` / ``HF<Family>Exporter`` from
 ``nemo.collections.llm.gpt.model`` (NeMo 2.x) converts between the ``transformers`` state dict and the
@@ -16,8 +17,9 @@ adapters let the NeMo 2.x connectors act on the NeMo 1.x model that NeMo-Aligner
 * ``apply_transforms`` wants modules on both sides; the megatron-core side is handed over as a module
   tree holding exactly the state in those names (:class:`_StateTree`), with the model's config.
 
-The ``.nemo`` is written by NeMo itself (``MegatronGPTModel.save_to``, a distributed checkpoint inside),
-so it restores at the layouts NeMo restores a TP1/PP1 file at (see docs/hf.md for the caveats). The
+The ``.nemo`` is written by NeMo itself (``MegatronGPTModel.save_to``, a distributed checkpoint inside)
+at TP1/PP1, so it restores at the training run's layout; the vocabulary keeps the checkpoint's row
+count (``override_vocab_size``), so the embedding has one shape at every TP (docs/hf.md). The
 tokenizer is the Hugging Face one, referenced by the folder it was converted from
 (``model.tokenizer.type``): keep that folder, or override the key when training elsewhere.
 """
@@ -37,7 +39,18 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FAMILIES", "Family", "hf_to_nemo", "nemo_model_config", "nemo_session", "nemo_to_hf", "save_hf"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "check_layout",
+    "hf_to_nemo",
+    "nemo_model_config",
+    "nemo_session",
+    "nemo_to_hf",
+    "run_checkpoint",
+    "run_to_nemo",
+    "save_hf",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,9 @@ class Family:
     name: str  # also the module in nemo.collections.llm.gpt.model
     stem: str  # Llama: LlamaConfig, LlamaForCausalLM, HFLlamaImporter, HFLlamaExporter
     qkv_bias: bool = False
+    # whether NeMo's connectors map tied input/output embeddings; the others import a tied
+    # checkpoint untied (output layer = a copy of the embedding) and export it untied, as NeMo does
+    ties: bool = False
 
     @property
     def hf_config(self) -> str:
@@ -66,7 +82,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "llama": Family("llama", "Llama"),
+    "llama": Family("llama", "Llama", ties=True),
     "mistral": Family("mistral", "Mistral"),
     "qwen2": Family("qwen2", "Qwen2", qkv_bias=True),
 }
@@ -90,6 +106,7 @@ CPU_RUNTIME = {
 }
 # Training-only sections of the base config, left out of the .nemo (the training config supplies them).
 NOT_SAVED = ("dpo", "data", "optim", "peft", "restore_from_path", "resume_from_checkpoint")
+EMBEDDING_KEY = "model.embedding.word_embeddings.weight"  # its name in NeMo's distributed checkpoints
 
 
 def get_family(name: str) -> Family:
@@ -120,14 +137,38 @@ def vocab_divisor(vocab_size: int, tp: int = 1) -> int:
     return base
 
 
-def nemo_model_config(hf_config: Any, fam: Family, hf_dir: str | Path, tp: int = 1, pp: int = 1) -> dict[str, Any]:
-    """The NeMo 1.x ``model`` keys (architecture and tokenizer) of a ``transformers`` config."""
+def check_layout(hf_config: Any, tp: int = 1, pp: int = 1) -> None:
+    """Raise ``ValueError`` unless a model of ``hf_config`` can be trained at tensor/pipeline sizes ``tp``/``pp``.
+
+    TP splits the attention heads, the KV groups, the MLP width and the (unpadded, see
+    :func:`nemo_model_config`) vocabulary; PP splits the layers.
+    """
+    c = hf_config
+    if tp < 1 or pp < 1:
+        raise ValueError(f"TP and PP must be positive, got TP={tp}, PP={pp}")
+    splits = {
+        "num_attention_heads": (c.num_attention_heads, tp, "TP"),
+        "num_key_value_heads": (getattr(c, "num_key_value_heads", None) or c.num_attention_heads, tp, "TP"),
+        "intermediate_size": (c.intermediate_size, tp, "TP"),
+        "vocab_size": (c.vocab_size, tp, "TP"),
+        "num_hidden_layers": (c.num_hidden_layers, pp, "PP"),
+    }
+    for key, (size, parts, name) in splits.items():
+        if size % parts:
+            raise ValueError(f"{key} = {size} is not divisible by {name}={parts}")
+
+
+def nemo_model_config(hf_config: Any, fam: Family, hf_dir: str | Path) -> dict[str, Any]:
+    """The NeMo 1.x ``model`` keys (architecture and tokenizer) of a ``transformers`` config, at TP1/PP1.
+
+    The vocabulary keeps the checkpoint's ``vocab_size`` rows at every layout (``override_vocab_size``)
+    instead of NeMo's padding of the tokenizer's size to ``make_vocab_size_divisible_by × TP``: the
+    weights then have one shape at any TP that divides it (no resharding of padded rows), and a
+    checkpoint with more rows than its tokenizer has tokens (Qwen2) loads as it is.
+    """
     c = hf_config
     heads = c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
-    divisor = vocab_divisor(c.vocab_size, tp)
-    if c.vocab_size % (divisor * tp):
-        raise ValueError(f"vocab size {c.vocab_size} cannot be split over TP={tp} without padding")
     cfg: dict[str, Any] = {
         "mcore_gpt": True,
         "num_layers": c.num_hidden_layers,
@@ -147,15 +188,18 @@ def nemo_model_config(hf_config: Any, fam: Family, hf_dir: str | Path, tp: int =
         "position_embedding_type": "rope",
         "rotary_percentage": 1.0,
         "rotary_base": float(getattr(c, "rope_theta", 10000.0)),
-        "share_embeddings_and_output_weights": bool(getattr(c, "tie_word_embeddings", False)),
-        "make_vocab_size_divisible_by": divisor,
-        "hf_vocab_size": c.vocab_size,  # the unpadded vocabulary, for the way back (nemo_to_hf)
+        "share_embeddings_and_output_weights": bool(getattr(c, "tie_word_embeddings", False)) and fam.ties,
+        "make_vocab_size_divisible_by": vocab_divisor(c.vocab_size),  # unused with override_vocab_size
+        "override_vocab_size": c.vocab_size,
+        # the true vocabulary: the way back (nemo_to_hf) and MegatronGPTGammaPOModel's logit mask read it
+        "hf_vocab_size": c.vocab_size,
+        "hf_family": fam.name,  # nemo_to_hf's default family
         "hidden_dropout": 0.0,
         "attention_dropout": float(getattr(c, "attention_dropout", 0.0)),
         "ffn_dropout": 0.0,
         "apply_query_key_layer_scaling": False,
-        "tensor_model_parallel_size": tp,
-        "pipeline_model_parallel_size": pp,
+        "tensor_model_parallel_size": 1,
+        "pipeline_model_parallel_size": 1,
         "tokenizer": {
             "library": "huggingface",
             "type": str(Path(hf_dir).resolve()),
@@ -383,37 +427,113 @@ def hf_to_nemo(
 ) -> Path:
     """Convert the ``transformers`` checkpoint in ``hf_dir`` into the ``.nemo`` file ``out_nemo``.
 
-    Runs in this process as a 1-rank job (a gloo group of size 1 is created when none exists), so only
-    TP1/PP1 is built here; a TP1/PP1 ``.nemo`` restores at other layouts through NeMo's distributed
-    checkpoint (see docs/hf.md). Returns ``out_nemo``.
+    Runs in this process as a 1-rank job (a gloo group of size 1 is created when none exists) and
+    always writes a TP1/PP1 ``.nemo``: its weights are a distributed checkpoint, which NeMo restores
+    at the training run's layout. ``tp`` / ``pp`` are the layout the model will be trained at; they
+    are checked (:func:`check_layout`) so that a model that cannot be split that way fails here, not
+    at the start of a training job. Returns ``out_nemo``.
     """
-    if (tp, pp) != (1, 1):
-        raise ValueError("the converter builds TP1/PP1 .nemo files; restore them at the training layout (docs/hf.md)")
     fam = get_family(family)
     out = Path(out_nemo).resolve()
+    hf_config = _transformers(fam.hf_config).from_pretrained(str(hf_dir))
+    check_layout(hf_config, tp, pp)  # before any weights are read
+    model_cfg = nemo_model_config(hf_config, fam, hf_dir)
+    progress(f"{fam.hf_model}: {hf_config.num_hidden_layers} layers, checked for TP={tp}, PP={pp}")
     with nemo_session(), tempfile.TemporaryDirectory(prefix="gammapo-convert-") as scratch:
         from nemo.collections.nlp.models.language_modeling.megatron_gpt_model import MegatronGPTModel
         from nemo_aligner.utils.train_script_utils import init_distributed
         from omegaconf import open_dict
 
-        progress(f"loading {hf_dir} ({fam.hf_model})")
+        progress(f"loading {hf_dir}")
         hf_model = load_hf(hf_dir, fam)
-        cfg = _base_config(tp, pp, scratch)
+        cfg = _base_config(1, 1, scratch)
         with open_dict(cfg):
-            cfg.model.update(nemo_model_config(hf_model.config, fam, hf_dir, tp, pp))
+            cfg.model.update(model_cfg)
             cfg.model.update(CPU_RUNTIME)
         trainer = _trainer(cfg)
-        progress("building the NeMo model")
+        progress("building the NeMo model (TP1/PP1; restores at any layout that divides it)")
         model = MegatronGPTModel(cfg.model, trainer)
         init_distributed(trainer, model, False)
         progress("mapping the weights (NeMo's importer)")
         load_hf_weights(mcore_module(model), hf_model, fam)
-        with open_dict(model.cfg):
-            for key in (*NOT_SAVED, *CPU_RUNTIME):
-                model.cfg.pop(key, None)
         out.parent.mkdir(parents=True, exist_ok=True)
         progress(f"writing {out}")
-        model.save_to(str(out))
+        _save_nemo(model, out)
+    return out
+
+
+def _save_nemo(model: Any, out: Path) -> None:
+    """``model.save_to(out)`` without the training-only and CPU-runtime keys of its config."""
+    from omegaconf import open_dict
+
+    with open_dict(model.cfg):
+        for key in (*NOT_SAVED, *CPU_RUNTIME):
+            model.cfg.pop(key, None)
+    model.save_to(str(out))
+
+
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The newest complete checkpoint under ``run_dir/checkpoints`` (as training's resume picks it).
+
+    ``FileNotFoundError`` when there is none; unfinished ones are skipped, not moved.
+    """
+    from nemo_gammapo.aligner.checkpoints import newest_complete
+
+    checkpoint_dir = Path(run_dir) / "checkpoints"
+    entry = newest_complete(checkpoint_dir)
+    if entry is None:
+        raise FileNotFoundError(f"no complete checkpoint in {checkpoint_dir}")
+    return entry.path
+
+
+def run_to_nemo(
+    run_dir: str | Path,
+    out_nemo: str | Path,
+    checkpoint: str | Path | None = None,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """Write the model weights of a training run's checkpoint as the ``.nemo`` file ``out_nemo``.
+
+    ``checkpoint``: a NeMo distributed-checkpoint folder; by default the run's newest complete one
+    (:func:`run_checkpoint`). The model config is the one the checkpoint recorded (``common.pt``);
+    the weights are read at TP1/PP1 whatever layout wrote them, with the vocabulary kept at the
+    checkpoint's row count, and only the model's own state is read (no optimizer or γ state).
+    Full fine-tuning runs only (a PEFT run's checkpoint raises ``ValueError``). Runs in this process
+    as a 1-rank job. Returns ``out_nemo``.
+    """
+    ckpt = Path(checkpoint) if checkpoint is not None else run_checkpoint(run_dir)
+    out = Path(out_nemo).resolve()
+    with nemo_session(), tempfile.TemporaryDirectory(prefix="gammapo-convert-") as scratch:
+        from megatron.core import dist_checkpointing
+        from nemo.collections.nlp.models.language_modeling.megatron_gpt_model import MegatronGPTModel
+        from nemo_aligner.utils.train_script_utils import init_distributed
+        from omegaconf import OmegaConf, open_dict
+
+        progress(f"reading the config of {ckpt}")
+        common = torch.load(ckpt / "common.pt", map_location="cpu", weights_only=False)
+        model_cfg = OmegaConf.create(common["hyper_parameters"]["cfg"])
+        scheme = str(OmegaConf.select(model_cfg, "peft.peft_scheme", default="none")).lower()
+        if scheme not in ("none", "null"):
+            raise ValueError(f"{ckpt}: a PEFT ({scheme}) run; only full fine-tuning runs are converted")
+        rows = dist_checkpointing.load_tensors_metadata(str(ckpt))[EMBEDDING_KEY].global_shape[0]
+        cfg = _base_config(1, 1, scratch)
+        OmegaConf.set_struct(cfg, False)
+        cfg.model = OmegaConf.merge(cfg.model, model_cfg)
+        with open_dict(cfg.model):
+            cfg.model.update(CPU_RUNTIME)
+            cfg.model.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1, override_vocab_size=rows)
+            for key in ("restore_from_path", "peft"):
+                cfg.model.pop(key, None)
+        trainer = _trainer(cfg)
+        progress("building the NeMo model (TP1/PP1)")
+        model = MegatronGPTModel(cfg.model, trainer)
+        init_distributed(trainer, model, False)
+        progress("reading the weights")
+        loaded = dist_checkpointing.load({"state_dict": model.sharded_state_dict()}, str(ckpt))
+        model.on_load_checkpoint(loaded)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        progress(f"writing {out}")
+        _save_nemo(model, out)
     return out
 
 
@@ -445,14 +565,23 @@ def restore_nemo(nemo: str | Path, overrides: dict[str, Any] | None = None) -> A
 def nemo_to_hf(
     nemo: str | Path,
     out_dir: str | Path,
-    family: str = "llama",
+    family: str | None = None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> Path:
-    """Convert a ``.nemo`` (file or extracted folder) into a ``transformers`` checkpoint folder ``out_dir``."""
-    fam = get_family(family)
+    """Convert a ``.nemo`` (file or extracted folder) into a ``transformers`` checkpoint folder ``out_dir``.
+
+    ``family``: by default the one :func:`hf_to_nemo` recorded in the model config (``hf_family``; it
+    survives training and :func:`run_to_nemo`); required for other ``.nemo`` files.
+    """
+    fam = get_family(family) if family is not None else None
     with nemo_session():
         progress(f"restoring {nemo}")
         model = restore_nemo(nemo)
+        if fam is None:
+            recorded = model.cfg.get("hf_family")
+            if not recorded:
+                raise ValueError(f"{nemo} records no model family (not converted by hf-to-nemo): pass the family")
+            fam = get_family(recorded)
         progress(f"building {fam.hf_model} and mapping the weights (NeMo's exporter)")
         out = save_hf(model, out_dir, fam)
         progress(f"wrote {out}")
