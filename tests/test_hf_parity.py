@@ -226,6 +226,15 @@ def test_qwen2_vocabulary_larger_than_tokenizer(converted: tuple[Path, dict[str,
     assert qwen["model.embed_tokens.weight"].shape[0] == TINY["qwen2"][1]["vocab_size"] > TOKENS
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    """Two transformers folders hold bit-identical weights (same names, same tensors)."""
+    from transformers import AutoModelForCausalLM
+
+    sa = AutoModelForCausalLM.from_pretrained(a, torch_dtype=torch.float32).state_dict()
+    sb = AutoModelForCausalLM.from_pretrained(b, torch_dtype=torch.float32).state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def train_worker(rank: int, world_size: int, root: str) -> dict[str, Any] | None:
     """The converted Llama at TP2: score it, train it 2 steps, then (rank 0) run → .nemo → HF and score both."""
     from nemo_gammapo.bench.nemo_step import train_preset
@@ -259,6 +268,7 @@ def train_worker(rank: int, world_size: int, root: str) -> dict[str, Any] | None
     # through the command line, as a user exports a training result
     assert main(["run-to-nemo", str(run_dir), str(trained_nemo)]) == 0
     assert main(["nemo-to-hf", str(trained_nemo), str(trained_hf)]) == 0  # the family hf-to-nemo recorded
+    assert main(["run-to-hf", str(run_dir), str(base / "trained_hf_direct")]) == 0  # the two in one
     with nemo_session():
         trained = nemo_sequence_logprobs(trained_nemo, base / "score_trained")
         del trained["model"]
@@ -271,6 +281,7 @@ def train_worker(rank: int, world_size: int, root: str) -> dict[str, Any] | None
         "train_steps": [r["step"] for r in history if "train/loss" in r],
         "hf_trained": hf_sequence_logprobs(back, trained["tokens"], trained["labels"]),
         "generated": greedy(back, AutoTokenizer.from_pretrained(trained_hf)),
+        "direct_export_identical": same_weights(trained_hf, base / "trained_hf_direct"),
     }
 
 
@@ -294,6 +305,7 @@ def test_tp2_restore_train_and_export(converted: tuple[Path, dict[str, dict[str,
     # ... and training changed the model
     assert moved > 100 * TOLERANCE and out["train_steps"] == [0, 1]
     assert len(out["generated"]) == 4
+    assert out["direct_export_identical"]  # run-to-hf = run-to-nemo, then nemo-to-hf
 
 
 def test_layout_is_checked_before_any_weight_is_read(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

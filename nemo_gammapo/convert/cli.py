@@ -3,6 +3,7 @@
     nemo-gammapo convert hf-to-nemo /ckpt/Llama-3-8B-Instruct /ckpt/llama3-8b-instruct.nemo --family llama --tp 8
     nemo-gammapo convert run-to-nemo runs/x /ckpt/x-trained.nemo
     nemo-gammapo convert nemo-to-hf /ckpt/x-trained.nemo /ckpt/x-trained-hf
+    nemo-gammapo convert run-to-hf runs/x /ckpt/x-trained-hf      # the two above in one
 
 Runs in this process on the CPU (a 1-rank job), in float32, printing one line per stage.
 """
@@ -46,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     from_run.add_argument("run_dir", help="the training run directory (holds checkpoints/)")
     from_run.add_argument("out_nemo", help="the .nemo file to write")
     from_run.add_argument("--checkpoint", default=None, help="this checkpoint folder, not the newest complete one")
+    run_hf = sub.add_parser(
+        "run-to-hf",
+        help="a training run's newest complete checkpoint -> a transformers checkpoint folder",
+        description="run-to-nemo into a temporary .nemo, then nemo-to-hf.",
+    )
+    run_hf.add_argument("run_dir", help="the training run directory (holds checkpoints/)")
+    run_hf.add_argument("out_dir", help="the folder to write")
+    run_hf.add_argument("--checkpoint", default=None, help="this checkpoint folder, not the newest complete one")
+    recorded = "default: the one hf-to-nemo recorded"
+    run_hf.add_argument("--family", default=None, help=f"model family: {families}; {recorded}")
     return p
 
 
@@ -56,13 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     def progress(msg: str) -> None:
         print(f"[{time.monotonic() - start:6.1f} s] {msg}", flush=True)
 
-    from nemo_gammapo.convert.hf import hf_to_nemo, nemo_to_hf, run_to_nemo
+    from nemo_gammapo.convert.hf import hf_to_nemo, nemo_to_hf, run_to_hf, run_to_nemo
 
     try:
         if args.direction == "hf-to-nemo":
             out = hf_to_nemo(args.hf_dir, args.out_nemo, args.family, tp=args.tp, pp=args.pp, progress=progress)
         elif args.direction == "run-to-nemo":
             out = run_to_nemo(args.run_dir, args.out_nemo, args.checkpoint, progress=progress)
+        elif args.direction == "run-to-hf":
+            out = run_to_hf(args.run_dir, args.out_dir, args.family, args.checkpoint, progress=progress)
         else:
             out = nemo_to_hf(args.nemo, args.out_dir, args.family, progress=progress)
     except (ValueError, FileNotFoundError) as err:

@@ -48,6 +48,7 @@ __all__ = [
     "nemo_session",
     "nemo_to_hf",
     "run_checkpoint",
+    "run_to_hf",
     "run_to_nemo",
     "save_hf",
 ]
@@ -610,3 +611,19 @@ def _true_vocab_size(model: Any) -> int:
     """The unpadded vocabulary: recorded by :func:`hf_to_nemo`, else the tokenizer's (as NeMo's exporters do)."""
     recorded = model.cfg.get("hf_vocab_size")
     return int(recorded) if recorded else int(model.tokenizer.vocab_size)
+
+
+def run_to_hf(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    family: str | None = None,
+    checkpoint: str | Path | None = None,
+    progress: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """A training run's checkpoint straight to a ``transformers`` folder: :func:`run_to_nemo` into a
+    temporary ``.nemo`` (next to ``out_dir``, deleted afterwards), then :func:`nemo_to_hf`. Returns ``out_dir``."""
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".gammapo-run-to-hf-", dir=out.parent) as scratch:
+        nemo = run_to_nemo(run_dir, Path(scratch) / "model.nemo", checkpoint, progress=progress)
+        return nemo_to_hf(nemo, out, family, progress=progress)
