@@ -1,10 +1,12 @@
-"""Label-noise robustness study on CPU: SimPO, γ-SimPO, rSimPO, β-SimPO × flip rates × seeds.
+"""Label-noise robustness study on CPU: SimPO and DPO families × flip rates × seeds on a graded synthetic task.
 
-    .venv/bin/python scripts/robustness_study.py --out docs/study --figure docs/figures/robustness.png
-    .venv/bin/python scripts/robustness_study.py --smoke --out /tmp/smoke   # CI-sized (2 × 2 × 1, 16 steps)
+    .venv/bin/python scripts/robustness_study.py --out docs/study --figure docs/figures/robustness.png --workers 2
+    .venv/bin/python scripts/robustness_study.py --smoke --out /tmp/smoke   # CI-sized (4 × 2 × 2, 16 steps)
 
-Writes ``results.csv`` (one row per run), ``summary.csv``, ``table.md``, ``config.json`` (grid,
-hyperparameters, versions) and the figure. All runs share this process (one CPU thread).
+Writes ``results.csv`` (one row per run), ``curves.csv``, ``mechanism.csv``, the derived
+``summary.csv``, ``detection.csv``, ``mechanism_summary.csv``, ``tables.md``, ``config.json``
+(grid, hyperparameters, versions, wall time) and the figures (``robustness*.png`` beside
+``--figure``). One progress line per finished run, with an ETA.
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nemo_gammapo.study.figure import robustness_figure  # noqa: E402
-from nemo_gammapo.study.grid import SMOKE, Grid, run_grid, write_outputs  # noqa: E402
+from nemo_gammapo.study.figure import write_figures  # noqa: E402
+from nemo_gammapo.study.grid import SMOKE, Grid, run_grid  # noqa: E402
+from nemo_gammapo.study.report import rederive, write_outputs  # noqa: E402
 
 
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "megatron-core", "numpy", "pandas", "matplotlib"):
+    for name in ("torch", "megatron-core", "numpy", "pandas", "scipy", "matplotlib"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -38,50 +41,62 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for results.csv, summary.csv, table.md")
-    p.add_argument("--figure", type=Path, default=None, help="figure path (default <out>/robustness.png)")
-    p.add_argument("--smoke", action="store_true", help="the CI grid: 2 methods × 2 rates × 1 seed, 16 steps")
+    p.add_argument("--out", type=Path, required=True, help="folder for the CSVs, tables.md and config.json")
+    p.add_argument("--figure", type=Path, default=None, help="main figure path (default <out>/robustness.png)")
+    p.add_argument("--smoke", action="store_true", help="the CI grid: 4 methods × 2 rates × 2 seeds, 16 steps")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the seeds")
+    p.add_argument("--methods", nargs="+", default=None, help="override the methods (keys as in results.csv)")
     p.add_argument("--steps", type=int, default=None, help="override the training steps per run")
-    p.add_argument("--train", type=Path, default=REPO / "data/demo/train.jsonl")
-    p.add_argument("--validation", type=Path, default=REPO / "data/demo/validation.jsonl")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one thread each (default 1)")
+    p.add_argument(
+        "--rederive", action="store_true", help="train nothing: rewrite the derived files and figures from <out>'s CSVs"
+    )
     args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error("--workers must be >= 1")
 
+    if args.rederive:
+        paths = rederive(args.out)
+        figures = write_figures(args.out, args.figure or args.out / "robustness.png")
+        print(f"rewrote {', '.join(str(x) for x in [*paths, *figures])}")
+        return 0
     grid = SMOKE if args.smoke else Grid()
     if args.seeds is not None:
         grid = dataclasses.replace(grid, seeds=tuple(args.seeds))
+    if args.methods is not None:
+        grid = dataclasses.replace(grid, methods=tuple(args.methods))
     if args.steps is not None:
         grid = dataclasses.replace(grid, config=dataclasses.replace(grid.config, steps=args.steps))
     start = time.perf_counter()
     total = len(grid.runs())
+    print(f"{total} runs on {args.workers} worker process(es)", flush=True)
 
-    def progress(row: dict) -> None:
-        done = progress.count = getattr(progress, "count", 0) + 1
+    def progress(row: dict, done: int, total: int, elapsed: float) -> None:
+        eta = elapsed / done * (total - done)
         print(
-            f"[{done}/{total}] {row['method']:<12} flip {row['flip_rate']:.0%} seed {row['seed']}: "
-            f"held-out acc {row['heldout_accuracy']:.3f}  margin {row['heldout_margin_mean']:+.3f}  "
-            f"({row['wall_s']:.1f} s)",
+            f"[{done}/{total}] {row['method']:<18} flip {row['flip_rate']:.0%} seed {row['seed']}: "
+            f"acc {row['heldout_accuracy']:.3f} ρ {row['heldout_spearman']:+.3f}  "
+            f"({row['wall_s']:.1f} s; elapsed {elapsed:.0f} s, ETA {eta:.0f} s)",
             flush=True,
         )
 
-    results = run_grid(grid, args.train, args.validation, progress)
+    out = run_grid(grid, args.workers, progress)
     wall = time.perf_counter() - start
-    paths = write_outputs(results, args.out)
-    figure = robustness_figure(
-        results,
-        args.figure or args.out / "robustness.png",
-        f"Label-flip robustness, tiny GPT on the parity task ({len(grid.seeds)} seed(s), {grid.config.steps} steps)",
-    )
     meta = {
         "command": "python scripts/robustness_study.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "grid": {"methods": list(grid.methods), "flip_rates": list(grid.flip_rates), "seeds": list(grid.seeds)},
+        "grid": grid.describe(),
         "config": grid.config.to_dict(),
         "versions": versions(),
+        "workers": args.workers,
         "wall_seconds": round(wall, 1),
+        "run_seconds_mean": round(float(out.results["wall_s"].mean()), 2),
     }
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    print(paths["table"].read_text(encoding="utf-8"))
-    print(f"{total} runs in {wall:.0f} s; wrote {', '.join(str(x) for x in [*paths.values(), figure])}")
+    paths = write_outputs(out.results, out.curves, out.mechanism, args.out)
+    figures = write_figures(args.out, args.figure or args.out / "robustness.png")
+    print(paths["tables"].read_text(encoding="utf-8"))
+    print(f"{total} runs in {wall:.0f} s; wrote {', '.join(str(x) for x in [*paths.values(), *figures])}")
     return 0
 
 

@@ -1,10 +1,12 @@
-"""``nemo-gammapo data`` — convert, validate / stats, flip, template.
+"""``nemo-gammapo data`` — convert, validate / stats, flip, template, suspects.
 
 nemo-gammapo data convert SOURCE --out DIR [--template llama3] [--split train_prefs=train ...]
 nemo-gammapo data validate FILE [FILE ...] [--max-length 2048 --tokenizer bytes|chars|DIR]
 nemo-gammapo data stats FILE [FILE ...]          (same checks; always prints length statistics)
 nemo-gammapo data flip IN OUT --p 0.2 --seed 0   (label-flip noise; flipped ids → OUT.flips.json)
 nemo-gammapo data template FAMILY "user text"    (print a rendered prompt, to eyeball a format)
+nemo-gammapo data suspects RUN_DIR --data TRAIN.jsonl --top 50 --out suspects.jsonl
+                                                 (likely mislabeled pairs, from the run's γ dumps)
 
 Exit codes: 0 ok; 1 the data has problems (listed); 2 the command cannot run — an input that does
 not exist or is a directory, an output that would overwrite an input (or is a directory), a bad
@@ -282,10 +284,71 @@ def run_template(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_suspects(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("suspects", help="rank a run's training pairs by evidence of a wrong label (γ dumps)")
+    p.add_argument("run_dir", type=Path, help="run directory holding gamma_dumps/step_*.parquet (any layout)")
+    p.add_argument("--data", type=Path, required=True, help="the run's training JSONL (rows are matched by pair id)")
+    p.add_argument("--top", type=int, default=50, help="how many pairs to write (default 50)")
+    p.add_argument("--out", type=Path, required=True, help="JSONL of the top pairs: original row + 'suspect'")
+    p.add_argument("--summary", type=Path, help="summary JSON (default: OUT with .summary.json)")
+    p.add_argument("--score", choices=["auto", "gamma", "margin"], default="auto", help="evidence (default auto)")
+    p.add_argument("--min-step", type=int, default=0, help="ignore dumps before this step (default 0)")
+
+
+def run_suspects(args: argparse.Namespace) -> int:
+    from nemo_gammapo.artifacts.dumps import read_dumps
+    from nemo_gammapo.data.suspects import find_suspects, index_rows, write_jsonl
+
+    summary_path = args.summary or args.out.with_suffix(".summary.json")
+    if not args.run_dir.is_dir():
+        problem = "is not a directory" if args.run_dir.exists() else "does not exist"
+        return _fail("suspects", f"run directory {args.run_dir} {problem}")
+    problem = _input_problem(args.data)
+    if problem:
+        return _fail("suspects", f"--data {problem}")
+    if args.top < 1:
+        return _fail("suspects", f"--top must be >= 1 (got {args.top})")
+    if args.min_step < 0:
+        return _fail("suspects", f"--min-step must be >= 0 (got {args.min_step})")
+    for flag, path in (("--out", args.out), ("--summary", summary_path)):
+        if path.is_dir():
+            return _fail("suspects", f"{flag} {path} is a directory")
+        if _same_file(path, args.data):
+            return _fail("suspects", f"{flag} {path} is the --data file; it would be overwritten")
+    if _same_file(args.out, summary_path):
+        return _fail("suspects", f"--summary {summary_path} is the --out file; pass another --summary")
+    try:
+        dumps = read_dumps(args.run_dir)
+        rows = index_rows(args.data)
+        picked, summary = find_suspects(dumps, rows, args.top, args.score, args.min_step)
+    except (FileNotFoundError, ValueError, LookupError) as e:
+        return _fail("suspects", str(e).splitlines()[0])
+    summary = {"run_dir": str(args.run_dir), "data": str(args.data), "out": str(args.out), **summary}
+    try:
+        write_jsonl(args.out, picked)
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    except OSError as e:
+        return _fail("suspects", str(e))
+    print(
+        f"ranked {summary['matched_pairs']} pairs by {summary['score']} evidence over {len(summary['steps'])} "
+        f"dumped step(s); wrote the top {len(picked)} to {args.out} and the summary to {summary_path}"
+    )
+    if summary["unmatched_pair_ids"]:
+        print(
+            f"note: {summary['unmatched_pair_ids']} dumped pair id(s) are not rows of {args.data} "
+            "(is it the exact file the run trained on?)"
+        )
+    if "label_flipped" in summary:
+        lf = summary["label_flipped"]
+        print(f"against label_flipped: precision@{len(picked)} {lf['precision_at_top']:.3f}, AUROC {lf['auroc']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``nemo-gammapo data`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="nemo-gammapo data", description="preference data tools: convert, validate / stats, flip, template"
+        prog="nemo-gammapo data",
+        description="preference data tools: convert, validate / stats, flip, template, suspects",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_convert(sub)
@@ -303,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
     p.add_argument("--system")
     p.add_argument("--no-bos", action="store_true")
+    _add_suspects(sub)
     return parser
 
 
@@ -315,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_validate(args, always_stats=args.command == "stats")
     if args.command == "flip":
         return run_flip(args)
+    if args.command == "suspects":
+        return run_suspects(args)
     return run_template(args)
 
 

@@ -1,8 +1,13 @@
-"""Small-scale label-noise robustness study (a CPU-sized version of the paper's Table 4 / Figure 4).
+"""Small-scale label-noise robustness study of γ-PO (``scripts/robustness_study.py``, ``docs/robustness.md``).
 
-* :mod:`.data` — byte-level tokenisation of the bundled parity task into fixed-shape tensors.
-* :mod:`.trainer` — one seeded single-process training run on a tiny megatron-core GPT with the
-  shipped :class:`~nemo_gammapo.distributed.GammaPOLoss`, evaluated on the clean held-out split.
-* :mod:`.grid` — the methods × flip rates × seeds grid, its results CSV and mean ± std table.
-* :mod:`.figure` — the accuracy-versus-flip-rate figure.
+* :mod:`.task` — the synthetic task: a known additive reward R(x, y), Bradley–Terry labels, graded ambiguity.
+* :mod:`.data` — byte-level tokenisation of pairs (and SFT sequences) into fixed-shape tensors.
+* :mod:`.methods` — the compared methods (registry loss + τ or ε) and their base losses.
+* :mod:`.trainer` — one seeded single-process run on a tiny megatron-core GPT with the shipped
+  :class:`~nemo_gammapo.distributed.GammaPOLoss`, from a per-seed SFT warm start (the DPO reference).
+* :mod:`.mechanism` — γ_i − γ0, implied ε_i and flip detection from a run's γ dumps.
+* :mod:`.stats` — Spearman ρ, AUROC, precision@K, paired bootstrap intervals.
+* :mod:`.grid` — methods × flip rates × seeds, in one or more worker processes.
+* :mod:`.report` — summaries, paired differences and the markdown tables.
+* :mod:`.figure` — the figures, drawn from the written CSVs.
 """

@@ -8,7 +8,7 @@ where ``labels[t]`` is a response byte. Byte value 0 never occurs in the text an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,16 @@ PAD_ID = 0
 
 @dataclass(frozen=True)
 class PairTensors:
-    """``N`` pairs as tensors; ``tokens``/``labels``/``loss_mask`` are ``[2, N, S]`` (chosen, rejected)."""
+    """``N`` pairs as tensors; ``tokens``/``labels``/``loss_mask`` are ``[2, N, S]`` (chosen, rejected).
+
+    ``ref_logps`` (``[2, N]``, summed reference-policy log-probs) is set for DPO-family losses.
+    """
 
     ids: list[str]
     tokens: Tensor
     labels: Tensor
     loss_mask: Tensor
+    ref_logps: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -39,7 +43,14 @@ class PairTensors:
         return out
 
     def _fields(self) -> dict[str, Tensor]:
-        return {"tokens": self.tokens, "labels": self.labels, "loss_mask": self.loss_mask}
+        out = {"tokens": self.tokens, "labels": self.labels, "loss_mask": self.loss_mask}
+        if self.ref_logps is not None:
+            out["ref_logps"] = self.ref_logps
+        return out
+
+    def with_reference(self, ref_logps: Tensor) -> PairTensors:
+        """A copy carrying ``ref_logps`` (``[2, N]``)."""
+        return replace(self, ref_logps=ref_logps)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -67,3 +78,12 @@ def encode_pairs(records: list[dict[str, Any]], seq_length: int) -> PairTensors:
     labels = torch.full_like(tokens, PAD_ID)
     labels[..., :-1] = tokens[..., 1:]
     return PairTensors([str(r.get("id", i)) for i, r in enumerate(records)], tokens, labels, loss_mask)
+
+
+def encode_sequences(records: list[dict[str, Any]], seq_length: int) -> dict[str, Tensor]:
+    """``prompt + response`` rows as ``[N, S]`` ``tokens``/``labels``/``loss_mask``/``position_ids`` (SFT)."""
+    rows = [{"prompt": r["prompt"], "chosen_response": r["response"], "rejected_response": ""} for r in records]
+    pairs = encode_pairs(rows, seq_length)
+    out = {k: v[0] for k, v in pairs._fields().items()}
+    out["position_ids"] = torch.arange(seq_length).unsqueeze(0).expand(len(records), seq_length)
+    return out
