@@ -281,7 +281,7 @@ def test_compute_variant_is_pending_while_its_config_key_is_missing(
 
     (variant,) = [v for v in nemo_compute.VARIANTS if v.name == "gamma_dpo_precomputed"]
     assert variant.requires == "model.dpo.reference" and "model.dpo.reference=precomputed" in variant.overrides
-    assert not variant.online_reference and variant.setup is not None and variant.pending is None
+    assert not variant.online_reference and variant.precompute_reference and variant.pending is None
     assert nemo_compute.pending_reason(variant) is None  # the real config has the key
     monkeypatch.setattr(configs, "config_dir", lambda: tmp_path)
     (tmp_path / "gpt_gammapo.yaml").write_text("model:\n  dpo:\n    preference_loss: gamma_simpo\n")

@@ -20,8 +20,8 @@ Two parts, both through NeMo-Aligner's ``DPOTrainer`` and our ``MegatronGPTGamma
   before every run) of the larger rank. :data:`RATIOS` are quotients of those medians; a target is
   judged on CPU time, which other jobs on a shared machine do not inflate.
 
-A variant whose config key is missing from ``conf/gpt_gammapo.yaml``, or whose setup is not
-written yet, is listed as ``pending`` and not run.
+A variant whose config key is missing from ``conf/gpt_gammapo.yaml``, or that is marked
+``pending``, is listed as ``pending`` and not run.
 """
 
 from __future__ import annotations
@@ -108,50 +108,27 @@ SMOKE_SIZE = Size("smoke", hidden=32, layers=1, heads=2, seq=32, global_batch=4,
 GAMMA_DPO_ARGS = ("model.dpo.ref_policy_kl_penalty=0.5", "model.dpo.gamma_beta_ratio=2.0")
 DPO_ARGS = ("model.dpo.ref_policy_kl_penalty=0.5",)
 
-Setup = Callable[[Path, list[str]], list[str]]
-
 
 @dataclass(frozen=True)
 class Variant:
     """One benchmarked configuration.
 
-    ``overrides``: Hydra overrides on top of the size's; ``setup(work_dir, overrides)``, when set,
-    runs once before the timed runs (in this process, with every override the runs will get) and
-    returns extra overrides (e.g. the path of a file it wrote); ``requires``: a dotted config key
-    that must exist in ``conf/gpt_gammapo.yaml`` for the variant to run; ``pending``: why the
-    variant cannot run yet (it is then reported, not run, whatever ``requires`` says);
-    ``online_reference``: the step includes a reference log-prob pass (counted in its GFLOPs).
-    A setup that needs the two ranks can start them itself
-    (:func:`~nemo_gammapo.distributed.process_groups.run_on_ranks`): it runs before the timed ranks exist.
+    ``overrides``: Hydra overrides on top of the size's; ``precompute_reference``: before the timed
+    runs, the same two processes write the reference log-probs of the benchmark's data
+    (:func:`~nemo_gammapo.bench.nemo_step.precompute_preset`, what ``nemo-gammapo
+    precompute-reference`` runs; untimed, as a user runs it once per dataset) and the variant's runs
+    read them (``model.dpo.reference_logprobs``); ``requires``: a dotted config key that must exist
+    in ``conf/gpt_gammapo.yaml`` for the variant to run; ``pending``: why the variant cannot run yet
+    (it is then reported, not run, whatever ``requires`` says); ``online_reference``: the step
+    includes a reference log-prob pass (counted in its GFLOPs).
     """
 
     name: str
     overrides: tuple[str, ...]
     online_reference: bool = False
-    setup: Setup | None = None
+    precompute_reference: bool = False
     requires: str | None = None
     pending: str | None = None
-
-
-def _precomputed_reference_setup(work_dir: Path, overrides: list[str]) -> list[str]:
-    """Write the reference log-probs of the benchmark's data (2 ranks, untimed); the override naming the file.
-
-    What a user does once before training with ``model.dpo.reference=precomputed``
-    (``nemo-gammapo precompute-reference`` with the training overrides).
-    """
-    from nemo_gammapo.distributed.process_groups import run_on_ranks
-
-    sidecar = work_dir / "reference_logprobs.pt"
-    file_override = f"model.dpo.reference_logprobs={sidecar}"
-    kwargs = {"run_dir": str(work_dir / "precompute"), "overrides": [*overrides, file_override]}
-    run_on_ranks(_precompute_worker, 2, 1800, kwargs, init_process_group=False)
-    return [file_override]
-
-
-def _precompute_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> str:
-    from nemo_gammapo.bench.nemo_step import precompute_preset
-
-    return str(precompute_preset(world_size, run_dir, overrides))
 
 
 VARIANTS: tuple[Variant, ...] = (
@@ -163,7 +140,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant(
         "gamma_dpo_precomputed",
         ("model.dpo.preference_loss=gamma_dpo", *GAMMA_DPO_ARGS, "model.dpo.reference=precomputed"),
-        setup=_precomputed_reference_setup,
+        precompute_reference=True,
         requires="model.dpo.reference",
     ),
 )
@@ -269,6 +246,8 @@ def rss_mib() -> float:
 def runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Harness worker: ``runs`` (``{"key", "run_dir", "overrides"}``) one after another in these processes.
 
+    An entry with ``"precompute": True`` writes reference log-probs instead of training (no result).
+
     Every logged metric record also gets ``cpu_time``: the process's CPU seconds (all its threads)
     when it was logged, so step costs can be read in CPU time on a machine shared with other jobs.
     """
@@ -288,6 +267,12 @@ def runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[
     for i, run in enumerate(runs):
         if rank == 0:
             print(f"  [{i + 1}/{len(runs)}] {run['key']}", file=sys.stderr, flush=True)
+        if run.get("precompute"):
+            from nemo_gammapo.bench.nemo_step import precompute_preset
+
+            precompute_preset(world_size, run["run_dir"], run["overrides"])
+            reset_between_runs(rank)
+            continue
         reset_peak_rss()
         start_rss = rss_mib()
         result = train_preset(world_size, run["run_dir"], run["overrides"])
@@ -503,9 +488,20 @@ def run(out_dir: Path, plan: Plan, log: Callable[[str], None] = print) -> dict[s
     n = size.global_batch * plan.variant_steps
     data = write_pairs(out_dir / f"pairs-{size.seq}-{n}.jsonl", n, size.seq)
     base = run_overrides(size, plan.variant_steps, data)
-    extra: dict[str, list[str]] = {}
+    extra: dict[str, list[str]] = {v.name: [] for v in runnable}
     for v in runnable:
-        extra[v.name] = v.setup(out_dir, [*base, *v.overrides]) if v.setup is not None else []
+        if v.precompute_reference:  # written first, by the same processes, untimed
+            extra[v.name] = [f"model.dpo.reference_logprobs={out_dir / f'{v.name}-reference_logprobs.pt'}"]
+            overrides = [*base, *v.overrides, *extra[v.name]]
+            runs.insert(
+                0,
+                {
+                    "key": f"precompute:{v.name}",
+                    "run_dir": str(out_dir / f"{v.name}-precompute"),
+                    "overrides": overrides,
+                    "precompute": True,
+                },
+            )
     for round_index in range(plan.rounds if runnable else 0):
         shift = round_index % len(runnable)
         for v in runnable[shift:] + runnable[:shift]:  # rotate the order: no variant always runs first

@@ -12,8 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nemo_gammapo.bench.common import peak_rss_mib
-
 ROOT = Path(__file__).resolve().parent.parent.parent
 LOSSES = {
     "gamma_simpo": [],
@@ -79,12 +77,6 @@ def use_bundled_demo_data(cfg: Any) -> None:
             ]
 
 
-def nemo_worker(rank: int, world_size: int, run_dir: str, overrides: list[str]) -> dict[str, Any]:
-    """Harness worker: one tiny_cpu training run; returns its history and peak memory."""
-    result = train_preset(world_size, run_dir, overrides)
-    return {"history": result.history, "peak_rss_mib": peak_rss_mib()}
-
-
 def loss_summary(history: Sequence[dict[str, Any]], peak_rss_mibs: Sequence[float]) -> dict[str, float]:
     """One loss's numbers from its metric history and its ranks' peak memory (MiB).
 
@@ -115,20 +107,28 @@ def comparison_row(simpo: dict[str, float], dpo: dict[str, float]) -> dict[str, 
 
 
 def run(out_dir: Path, steps: int = 16) -> list[dict[str, Any]]:
-    """Train each loss for ``steps`` steps (validation and mid-run checkpoints off) and compare."""
+    """Train each loss for ``steps`` steps (validation and mid-run checkpoints off), one after the
+    other in the same two processes, and compare."""
+    from nemo_gammapo.bench.nemo_compute import runs_worker
     from nemo_gammapo.distributed.process_groups import run_on_ranks
 
-    results = {}
-    for loss, extra in LOSSES.items():
-        overrides = [
-            f"model.dpo.preference_loss={loss}",
-            f"trainer.dpo.max_steps={steps}",
-            "trainer.dpo.limit_val_batches=0",
-            f"trainer.dpo.save_interval={100 * steps}",
-            *extra,
-        ]
-        ranks = run_on_ranks(
-            nemo_worker, 2, 900, {"run_dir": str(out_dir / loss), "overrides": overrides}, init_process_group=False
-        )
-        results[loss] = loss_summary(ranks[0]["history"], [r["peak_rss_mib"] for r in ranks])
+    runs = [
+        {
+            "key": loss,
+            "run_dir": str(out_dir / loss),
+            "overrides": [
+                f"model.dpo.preference_loss={loss}",
+                f"trainer.dpo.max_steps={steps}",
+                "trainer.dpo.limit_val_batches=0",
+                f"trainer.dpo.save_interval={100 * steps}",
+                *extra,
+            ],
+        }
+        for loss, extra in LOSSES.items()
+    ]
+    ranks = run_on_ranks(runs_worker, 2, 900, {"runs": runs}, init_process_group=False)
+    results = {
+        loss: loss_summary(ranks[0][i]["history"], [rank[i]["peak_rss_mib"] for rank in ranks])
+        for i, loss in enumerate(LOSSES)
+    }
     return [comparison_row(results["gamma_simpo"], results["gamma_dpo"])]
