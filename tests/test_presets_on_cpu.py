@@ -26,7 +26,10 @@ What cannot run on a CPU, and is therefore replaced (each preset asks for all fo
 
 Per preset: an uninterrupted run, and the same run stopped after step 2 (checkpoint, exit) and
 started again; the re-run must end with the uninterrupted run's losses, margin queue and
-checkpointed weights and optimizer state, bit for bit.
+checkpointed weights and optimizer state, bit for bit. Presets that differ from another one only in
+loss hyperparameters and learning rate (:data:`HYPERPARAMETERS_ONLY`, checked key by key on the
+composed configs) take the same code path at the same layout: they run uninterrupted, and their
+stop/resume is their representative's.
 """
 
 from __future__ import annotations
@@ -58,6 +61,19 @@ PRESETS: dict[str, tuple[int, list[str]]] = {
 }
 STEPS = 3
 STOP_AFTER = 2
+# preset -> the preset it differs from only in the keys of HYPERPARAMETER_KEYS (same layout and code path)
+HYPERPARAMETERS_ONLY = {
+    "mistral_7b_instruct": "llama3_8b_instruct",
+    "gemma2_9b_it": "llama3_8b_instruct",
+    "qwen25_7b_instruct": "llama3_8b_instruct",
+}
+HYPERPARAMETER_KEYS = {
+    "name",
+    "model.dpo.ref_policy_kl_penalty",
+    "model.dpo.gamma_beta_ratio",
+    "model.dpo.gamma.tau",
+    "model.optim.lr",
+}
 ON_CPU = [
     "trainer.accelerator=cpu",
     "trainer.num_nodes=1",
@@ -109,12 +125,15 @@ def preset_runs(tmp_path_factory) -> tuple[Path, dict[str, list[list[dict[str, A
                 "overrides": [*ON_CPU, *PRESETS[name][1], *extra],
             }
 
+        counts = []
         for name in names:
-            runs += [
-                run(name, f"{name}_full"),
-                run(name, f"{name}_resumed", (f"trainer.dpo.stop_after_steps={STOP_AFTER}",)),
-                run(name, f"{name}_resumed"),
-            ]
+            runs.append(run(name, f"{name}_full"))
+            if name not in HYPERPARAMETERS_ONLY:
+                runs += [
+                    run(name, f"{name}_resumed", (f"trainer.dpo.stop_after_steps={STOP_AFTER}",)),
+                    run(name, f"{name}_resumed"),
+                ]
+            counts.append(1 if name in HYPERPARAMETERS_ONLY else 3)
         per_run = [
             list(r)
             for r in zip(
@@ -123,18 +142,50 @@ def preset_runs(tmp_path_factory) -> tuple[Path, dict[str, list[list[dict[str, A
             )
         ]
         per_run = per_run[1:] if processes == 2 else per_run
-        for i, name in enumerate(names):
-            results[name] = per_run[3 * i : 3 * i + 3]
+        start = 0
+        for name, count in zip(names, counts, strict=True):
+            results[name] = per_run[start : start + count]
+            start += count
     return root, results
+
+
+def flat_config(name: str) -> dict[str, object]:
+    from omegaconf import OmegaConf
+
+    from nemo_gammapo.configs import compose
+
+    def flatten(node: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    return flatten(OmegaConf.to_container(compose(name, ["run_dir=/tmp/x"]), resolve=False))
+
+
+@pytest.mark.parametrize("name", list(HYPERPARAMETERS_ONLY))
+def test_hyperparameter_only_presets_differ_from_their_representative_in_those_keys_only(name: str) -> None:
+    """The presets whose stop/resume is their representative's really share its layout and code path."""
+    mine, theirs = flat_config(name), flat_config(HYPERPARAMETERS_ONLY[name])
+    assert mine.keys() == theirs.keys()
+    differing = {k for k in mine if mine[k] != theirs[k]}
+    assert differing <= HYPERPARAMETER_KEYS, differing - HYPERPARAMETER_KEYS
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_preset_trains_checkpoints_and_resumes(preset_runs, name: str, tmp_path) -> None:
     root, results = preset_runs
-    full, stopped, resumed = results[name]
 
     def records(result: dict[str, Any], key: str) -> list[tuple[int, float]]:
         return [(int(r["step"]), r[key]) for r in result["history"] if key in r]
+
+    if name in HYPERPARAMETERS_ONLY:  # trains and checkpoints; stop/resume is its representative's
+        (full,) = results[name]
+        for rank, a in enumerate(full):
+            assert [s for s, _ in records(a, "train/loss")] == list(range(STEPS)), f"rank {rank}"
+            assert all(torch.isfinite(torch.tensor(v)) for _, v in records(a, "train/loss")), f"rank {rank}"
+        assert checkpoint_tensors(root / f"{name}_full", STEPS, tmp_path), "no checkpoint of the last step"
+        return
+    full, stopped, resumed = results[name]
 
     for rank, (a, b, c) in enumerate(zip(full, stopped, resumed, strict=True)):
         assert [s for s, _ in records(a, "train/loss")] == list(range(STEPS)), f"rank {rank}"
