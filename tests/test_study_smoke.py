@@ -1,7 +1,8 @@
 """The robustness study end to end at CI size: the smoke grid reproduces the committed smoke numbers.
 
 The committed ``docs/study/smoke/`` was written with ``--workers 1``; this test runs ``--workers 2``,
-so it checks determinism and that results do not depend on the number of worker processes.
+so it checks determinism and that results do not depend on the number of worker processes. The
+smoke grid includes a tiny ε tuning stage (rSimPO, 2 candidates, 1 tuning seed).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from nemo_gammapo.study.report import derive
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "robustness_study.py"
 COMMITTED = REPO / "docs" / "study" / "smoke"
-RAW = ("results.csv", "curves.csv", "mechanism.csv")
+RAW = ("results.csv", "curves.csv", "mechanism.csv", "tuning_runs.csv")
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +35,14 @@ def smoke_run(tmp_path_factory) -> Path:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[16/16]" in proc.stdout and "ETA" in proc.stdout  # one progress line per run
+    assert f"[{len(SMOKE.runs())}/{len(SMOKE.runs())}]" in proc.stdout and "ETA" in proc.stdout  # one line per run
+    n = len(SMOKE.tuning_runs())
+    assert n > 0 and f"[tune {n}/{n}]" in proc.stdout  # the tuning stage runs first
     return out
 
 
 def test_smoke_grid_writes_every_output(smoke_run) -> None:
-    names = [*RAW, "summary.csv", "detection.csv", "mechanism_summary.csv", "tables.md", "config.json"]
+    names = [*RAW, "summary.csv", "detection.csv", "mechanism_summary.csv", "tuning.csv", "tables.md", "config.json"]
     figures = ["robustness.png", *(f"robustness_{n}.png" for n in ("spearman", "curves", "mechanism", "detection"))]
     for name in names + figures:
         assert (smoke_run / name).stat().st_size > 0, name
@@ -49,6 +52,8 @@ def test_smoke_grid_writes_every_output(smoke_run) -> None:
     assert (results.loc[results["flip_rate"] == 0.0, "realised_flip_rate"] == 0).all()
     meta = json.loads((smoke_run / "config.json").read_text())
     assert meta["grid"] == SMOKE.describe() and meta["config"]["steps"] == SMOKE.config.steps
+    tuned = results[results["method"] == "rsimpo@eps=tuned"]
+    assert len(tuned) and (tuned["label_smoothing"] == meta["tuning"]["chosen_epsilon"]["rsimpo"]).all()
 
 
 @pytest.mark.parametrize("name", RAW)
@@ -58,5 +63,9 @@ def test_smoke_grid_reproduces_the_committed_numbers(smoke_run, name: str) -> No
 
 
 def test_committed_smoke_derived_files_follow_from_the_raw_ones() -> None:
-    derived = derive(pd.read_csv(COMMITTED / "results.csv"), pd.read_csv(COMMITTED / "mechanism.csv"))
+    raw = [pd.read_csv(COMMITTED / name) for name in ("results.csv", "mechanism.csv", "tuning_runs.csv")]
+    derived = derive(*raw)
     assert (COMMITTED / "tables.md").read_text(encoding="utf-8") == derived["tables"]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(COMMITTED / "tuning.csv"), derived["tuning"], check_exact=False, rtol=1e-5
+    )

@@ -7,7 +7,8 @@
   :class:`~nemo_gammapo.distributed.GammaPOLoss`, from a per-seed SFT warm start (the DPO reference).
 * :mod:`.mechanism` — γ_i − γ0, implied ε_i and flip detection from a run's γ dumps.
 * :mod:`.stats` — Spearman ρ, AUROC, precision@K, paired bootstrap intervals.
-* :mod:`.grid` — methods × flip rates × seeds, in one or more worker processes.
+* :mod:`.tuning` — the tuning stage: rSimPO's / rDPO's ε chosen on tuning seeds disjoint from the evaluation.
+* :mod:`.grid` — the tuning stage, then methods × flip rates × seeds, in one or more worker processes.
 * :mod:`.report` — summaries, paired differences and the markdown tables.
 * :mod:`.figure` — the figures, drawn from the written CSVs.
 """

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from nemo_gammapo.study.methods import PRIMARY_TAU, get_method
-from nemo_gammapo.study.report import headline_methods
+from nemo_gammapo.study.report import headline_methods, method_labels
 from nemo_gammapo.viz import style
 from nemo_gammapo.viz.style import plt
 
@@ -26,12 +26,12 @@ def _color(key: str) -> str:
     m = get_method(key)
     if m.tau is not None and m.tau != PRIMARY_TAU:
         return style.step_colors(4)[[1.0, 3.0, 10.0, 30.0].index(m.tau)] if m.tau in (1.0, 3.0, 30.0) else "#999999"
-    if m.epsilon is not None and m.epsilon != "p":
+    if m.tuned or (m.epsilon is not None and m.epsilon != "p"):
         return "#85c1e9"
     return style.method_color(m.loss.replace("dpo", "simpo"))
 
 
-def _errorbars(ax, part: pd.DataFrame, prefix: str, scale: float, key: str, dx: float) -> None:
+def _errorbars(ax, part: pd.DataFrame, prefix: str, scale: float, key: str, dx: float, label: str) -> None:
     x = 100 * part["flip_rate"].to_numpy() + dx
     mean, low, high = (scale * part[f"{prefix}_{s}"].to_numpy() for s in ("mean", "low", "high"))
     ax.errorbar(
@@ -42,7 +42,7 @@ def _errorbars(ax, part: pd.DataFrame, prefix: str, scale: float, key: str, dx: 
         marker="o",
         capsize=3,
         ms=4,
-        label=get_method(key).label,
+        label=label,
     )
 
 
@@ -50,15 +50,16 @@ def _by_family(
     summary: pd.DataFrame, metric: str, scale: float, ylabel: str, path: Path, results: pd.DataFrame
 ) -> Path:
     heads = headline_methods(results)
+    labels = method_labels(results)
     fig, axes = plt.subplots(2, 2, figsize=(12.0, 8.5), sharex=True)
     for col, fam in enumerate(FAMILIES):
         keys = [k for k in heads if get_method(k).base == fam]
         offsets = np.linspace(-0.8, 0.8, len(keys))
         for key, dx in zip(keys, offsets, strict=True):
             part = summary[summary["method"] == key].sort_values("flip_rate")
-            _errorbars(axes[0, col], part, metric, scale, key, dx)
+            _errorbars(axes[0, col], part, metric, scale, key, dx, labels[key])
             if key != fam:
-                _errorbars(axes[1, col], part, f"d_{metric}", scale, key, dx)
+                _errorbars(axes[1, col], part, f"d_{metric}", scale, key, dx, labels[key])
         axes[0, col].set_title(f"{get_method(fam).label} family: mean [95 % bootstrap CI] over seeds")
         axes[1, col].set_title(f"paired difference to {get_method(fam).label} (same seed)")
         axes[1, col].axhline(0, color=style.GAMMA0, lw=0.8, ls=":")

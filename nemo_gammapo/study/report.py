@@ -1,8 +1,9 @@
 """Summaries of the grid: means with 95 % bootstrap intervals over seeds, paired differences against
-the base loss, flip detection, the mechanism; written as CSVs and markdown tables.
+the base loss, flip detection, the mechanism, the ε tuning stage; written as CSVs and markdown tables.
 
 Every number the write-up quotes is a cell of one of these files (``tests/test_robustness_study.py``
-checks that), and every file is a pure function of ``results.csv`` / ``mechanism.csv``.
+checks that), and every file is a pure function of ``results.csv`` / ``mechanism.csv`` /
+``tuning_runs.csv``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 
 from nemo_gammapo.study.methods import PRIMARY_TAU, get_method
 from nemo_gammapo.study.stats import bootstrap_ci
+from nemo_gammapo.study.tuning import summarise_tuning
 
 METRICS = {"heldout_accuracy": "acc", "heldout_spearman": "rho"}
 
@@ -50,8 +52,21 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def degradation_table(summary: pd.DataFrame, methods: list[str]) -> str:
+def method_labels(results: pd.DataFrame) -> dict[str, str]:
+    """Row labels of the methods of ``results``; a tuned method's shows the ε it ran with."""
+    labels = {}
+    for key in dict.fromkeys(results["method"]):
+        method = get_method(key)
+        if method.tuned:
+            eps = results.loc[results["method"] == key, "label_smoothing"].unique()
+            method = method.with_epsilon(float(eps[0])) if len(eps) == 1 else method
+        labels[key] = method.label
+    return labels
+
+
+def degradation_table(summary: pd.DataFrame, methods: list[str], labels: dict[str, str] | None = None) -> str:
     """H1 directly: per method and flip rate > 0, the paired difference in accuracy lost to the flips."""
+    labels = labels or {}
     rates = sorted(r for r in summary["flip_rate"].unique() if r > 0)
     lines = ["| method | " + " | ".join(f"flip {r:.0%}" for r in rates) + " |", "|---" * (len(rates) + 1) + "|"]
     for key in methods:
@@ -59,7 +74,7 @@ def degradation_table(summary: pd.DataFrame, methods: list[str]) -> str:
             continue
         part = summary[summary["method"] == key].set_index("flip_rate")
         cells = [_signed(*part.loc[r, ["deg_mean", "deg_low", "deg_high"]], 100.0, 1) for r in rates]
-        lines.append(f"| {get_method(key).label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels.get(key, get_method(key).label)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -115,8 +130,16 @@ def _signed(mean: float, low: float, high: float, scale: float = 1.0, digits: in
     return f"{scale * mean:+.{digits}f} [{scale * low:+.{digits}f}, {scale * high:+.{digits}f}]"
 
 
-def method_table(summary: pd.DataFrame, metric: str, scale: float, digits: int, methods: list[str]) -> str:
+def method_table(
+    summary: pd.DataFrame,
+    metric: str,
+    scale: float,
+    digits: int,
+    methods: list[str],
+    labels: dict[str, str] | None = None,
+) -> str:
     """Rows = methods, columns = flip rates: the base as mean [CI], others as paired difference [CI]."""
+    labels = labels or {}
     rates = sorted(summary["flip_rate"].unique())
     lines = ["| method | " + " | ".join(f"flip {r:.0%}" for r in rates) + " |", "|---" * (len(rates) + 1) + "|"]
     for key in methods:
@@ -134,7 +157,7 @@ def method_table(summary: pd.DataFrame, metric: str, scale: float, digits: int, 
                 cells.append(_ci(c[f"{metric}_mean"], c[f"{metric}_low"], c[f"{metric}_high"], scale, digits))
             else:
                 cells.append(_signed(c[f"d_{metric}_mean"], c[f"d_{metric}_low"], c[f"d_{metric}_high"], scale, digits))
-        name = get_method(key).label + ("" if is_base else " − base")
+        name = labels.get(key, get_method(key).label) + ("" if is_base else " − base")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -197,6 +220,22 @@ def mechanism_table(mech: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def tuning_table(tuning: pd.DataFrame) -> str:
+    """The tuning stage: per tuned loss, mean held-out accuracy (%) [95 % CI] of each candidate ε over
+    the tuning seeds, and the ε chosen (the highest mean)."""
+    eps = sorted(tuning["epsilon"].unique())
+    lines = ["| loss | " + " | ".join(f"ε = {e:g}" for e in eps) + " | chosen ε |", "|---" * (len(eps) + 2) + "|"]
+    for loss, part in tuning.groupby("loss", sort=False):
+        part = part.set_index("epsilon")
+        cells = [
+            _ci(*part.loc[e, ["acc_mean", "acc_low", "acc_high"]], 100.0, 1) if e in part.index else "—" for e in eps
+        ]
+        chosen = part.index[part["chosen"].astype(bool)]
+        label = get_method(f"{loss}@eps=tuned").label
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {float(chosen[0]):g} |")
+    return "\n".join(lines) + "\n"
+
+
 def headline_methods(results: pd.DataFrame) -> list[str]:
     """The methods of the main tables, in grid order: all but the non-primary τ."""
     keys = list(dict.fromkeys(results["method"]))
@@ -208,9 +247,15 @@ def tau_methods(results: pd.DataFrame) -> list[str]:
     return [k for k in keys if get_method(k).tau is not None or k == get_method(k).base]
 
 
-def write_outputs(results: pd.DataFrame, curves: pd.DataFrame, mechanism: pd.DataFrame, out: Path) -> dict[str, Path]:
-    """``results.csv``, ``curves.csv``, ``mechanism.csv`` (raw) and ``summary.csv``, ``detection.csv``,
-    ``mechanism_summary.csv``, ``tables.md`` (derived)."""
+def write_outputs(
+    results: pd.DataFrame,
+    curves: pd.DataFrame,
+    mechanism: pd.DataFrame,
+    out: Path,
+    tuning_runs: pd.DataFrame | None = None,
+) -> dict[str, Path]:
+    """``results.csv``, ``curves.csv``, ``mechanism.csv``, ``tuning_runs.csv`` (raw) and ``summary.csv``,
+    ``detection.csv``, ``mechanism_summary.csv``, ``tuning.csv``, ``tables.md`` (derived)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {
         name: out / f"{name}.csv"
@@ -220,15 +265,29 @@ def write_outputs(results: pd.DataFrame, curves: pd.DataFrame, mechanism: pd.Dat
     results.drop(columns=["wall_s"], errors="ignore").to_csv(paths["results"], index=False, float_format="%.6f")
     curves.to_csv(paths["curves"], index=False, float_format="%.6f")
     mechanism.to_csv(paths["mechanism"], index=False, float_format="%.6f")
+    if tuning_runs is not None and len(tuning_runs):
+        paths["tuning_runs"] = out / "tuning_runs.csv"
+        paths["tuning"] = out / "tuning.csv"
+        tuning_runs.drop(columns=["wall_s"], errors="ignore").to_csv(
+            paths["tuning_runs"], index=False, float_format="%.6f"
+        )
     rederive(out)
     return paths
 
 
+def read_tuning_runs(out: Path) -> pd.DataFrame | None:
+    """``<out>/tuning_runs.csv`` (``None`` when the grid had no tuning stage)."""
+    path = out / "tuning_runs.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
 def rederive(out: Path) -> list[Path]:
-    """Rewrite the derived files of ``out`` from its raw CSVs (results, mechanism); returns their paths."""
-    derived = derive(pd.read_csv(out / "results.csv"), pd.read_csv(out / "mechanism.csv"))
+    """Rewrite the derived files of ``out`` from its raw CSVs (results, mechanism, tuning runs); returns
+    their paths."""
+    derived = derive(pd.read_csv(out / "results.csv"), pd.read_csv(out / "mechanism.csv"), read_tuning_runs(out))
     paths = []
-    for name in ("summary", "detection", "mechanism_summary"):
+    names = ["summary", "detection", "mechanism_summary"] + (["tuning"] if len(derived["tuning"]) else [])
+    for name in names:
         paths.append(out / f"{name}.csv")
         derived[name].to_csv(paths[-1], index=False, float_format="%.6f")
     paths.append(out / "tables.md")
@@ -236,25 +295,40 @@ def rederive(out: Path) -> list[Path]:
     return paths
 
 
-def derive(results: pd.DataFrame, mechanism: pd.DataFrame) -> dict[str, object]:
+def derive(
+    results: pd.DataFrame, mechanism: pd.DataFrame, tuning_runs: pd.DataFrame | None = None
+) -> dict[str, object]:
     """The derived files from the raw ones (what a test recomputes to check consistency)."""
     summary = summarise(results)
+    tuning = summarise_tuning(tuning_runs) if tuning_runs is not None and len(tuning_runs) else pd.DataFrame()
+    labels = method_labels(results)
     det = detection_summary(results)
     mech = mechanism_summary(mechanism) if len(mechanism) else pd.DataFrame()
     seeds = results["seed"].nunique()
     heads = headline_methods(results)
     taus = tau_methods(results)
-    parts = [
+    parts = []
+    if len(tuning):
+        seeds_used = sorted(tuning_runs["seed"].unique())
+        parts += [
+            "## Tuning stage: ε of rSimPO / rDPO\n",
+            f"Held-out true-preference accuracy (%) at flip {tuning['flip_rate'].iloc[0]:.0%}, mean [95 % bootstrap CI]"
+            f" over the {len(seeds_used)} tuning seeds ({', '.join(str(s) for s in seeds_used)}; disjoint from the"
+            " evaluation seeds); the chosen ε has the highest mean and is used at every flip rate and"
+            " evaluation seed.\n",
+            tuning_table(tuning),
+        ]
+    parts += [
         "## Held-out true-preference accuracy (%)\n",
         f"Base losses: mean [95 % bootstrap CI] over {seeds} seeds; other rows: paired difference to the base"
         " (same seed, data, flips and warm start), in points.\n",
-        method_table(summary, "acc", 100.0, 1, heads),
+        method_table(summary, "acc", 100.0, 1, heads, labels),
         "## Spearman ρ(implicit reward, R) on held-out responses\n",
         "Same layout; ρ per prompt class, averaged over the classes.\n",
-        method_table(summary, "rho", 1.0, 3, heads),
+        method_table(summary, "rho", 1.0, 3, heads, labels),
         "## H1: accuracy lost to the flips, paired difference to the base (points)\n",
         "(acc(p) − acc(0)) − (acc_base(p) − acc_base(0)) per seed; > 0: the method degraded less than its base.\n",
-        degradation_table(summary, heads),
+        degradation_table(summary, heads, labels),
         "## τ sweep (accuracy, points)\n",
         method_table(summary, "acc", 100.0, 1, taus),
     ]
@@ -264,4 +338,10 @@ def derive(results: pd.DataFrame, mechanism: pd.DataFrame) -> dict[str, object]:
         parts += [detection_diff_table(det)]
     if len(mech):
         parts += ["## Mechanism: γ_i − γ0 and implied ε_i, last quarter of training\n", mechanism_table(mech)]
-    return {"summary": summary, "detection": det, "mechanism_summary": mech, "tables": "\n".join(parts)}
+    return {
+        "summary": summary,
+        "detection": det,
+        "mechanism_summary": mech,
+        "tuning": tuning,
+        "tables": "\n".join(parts),
+    }
