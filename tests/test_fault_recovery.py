@@ -138,6 +138,7 @@ def test_second_run_is_refused_and_no_worker_outlives_a_killed_launcher(tmp_path
     run_dir = tmp_path / "run"
     first = _launch(run_dir, tmp_path / "first.log")
     lock = RunDirLock(run_dir)
+    spawned: list[psutil.Process] = []  # what this test started (not the session's fork server)
     try:
         deadline = time.monotonic() + 240
         while lock.holder() is None:
@@ -145,9 +146,11 @@ def test_second_run_is_refused_and_no_worker_outlives_a_killed_launcher(tmp_path
             assert time.monotonic() < deadline, "the first run never took its lock"
             time.sleep(0.5)
         workers = psutil.Process(first.pid).children()  # the training processes torchrun started
+        spawned += psutil.Process(first.pid).children(recursive=True)
         assert len(workers) >= 2
 
         second = _launch(run_dir, tmp_path / "second.log")
+        spawned.append(psutil.Process(second.pid))
         assert second.wait(120) == 3
         err = (tmp_path / "second.log").read_text()
         lines = [line for line in err.splitlines() if line.strip() and not line.startswith("WARNING")]
@@ -162,7 +165,11 @@ def test_second_run_is_refused_and_no_worker_outlives_a_killed_launcher(tmp_path
         assert not alive, f"workers outlived their launcher: {alive}"
         assert lock.is_stale(lock.holder())  # the dead run's lock blocks nobody
     finally:
-        for proc in [first, *psutil.Process().children(recursive=True)]:
+        try:
+            spawned += psutil.Process(first.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            pass
+        for proc in [first, *spawned]:
             try:
                 proc.kill()
             except (psutil.NoSuchProcess, ProcessLookupError):
