@@ -25,7 +25,11 @@ setup(
         "nemo_gammapo.demo_data",
     ],
     package_dir={"nemo_gammapo.conf": "conf", "nemo_gammapo.demo_data": "data/demo"},
-    package_data={"nemo_gammapo.conf": ["*.yaml"], "nemo_gammapo.demo_data": ["*.jsonl"]},
+    package_data={
+        "nemo_gammapo.conf": ["*.yaml"],
+        "nemo_gammapo.demo_data": ["*.jsonl"],
+        "nemo_gammapo.launch": ["*.sh"],  # rendezvous.sh, copied into the sbatch scripts NeMo-Run writes
+    },
     install_requires=["torch>=2.2"],
     entry_points={"console_scripts": ["nemo-gammapo=nemo_gammapo.cli:main"]},
     extras_require={

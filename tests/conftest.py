@@ -122,21 +122,36 @@ def aligner_runs(tmp_path_factory) -> dict[str, Any]:
     return {"root": root, **{name: list(ranks) for name, ranks in zip(names, zip(*per_rank, strict=True), strict=True)}}
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory) -> Any:
-    """A real single-node SLURM cluster with accounting (scripts/slurm_cluster.sh) for the session.
-
-    Skips with the reason where it cannot start — or fails, with GAMMAPO_REQUIRE_SLURM=1 (CI).
-    """
+def _start_slurm(tmp_path_factory, name: str, nodes: int, env: dict[str, str] | None = None) -> Any:
+    """Start a test cluster, or skip with the reason — or fail, with GAMMAPO_REQUIRE_SLURM=1 (CI)."""
     import os
 
-    reason = slurm.why_unavailable()
-    required = os.environ.get(slurm.REQUIRE_ENV) == "1"
+    reason = slurm.why_unavailable(nodes)
     if reason is not None:
-        if required:
+        if os.environ.get(slurm.REQUIRE_ENV) == "1":
             pytest.fail(f"{slurm.REQUIRE_ENV}=1 but {reason}")
         pytest.skip(reason)
-    cluster = slurm.SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
+    return slurm.SlurmCluster.start(tmp_path_factory.mktemp(name), nodes, env)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Any:
+    """A real single-node SLURM cluster with accounting (scripts/slurm_cluster.sh) for the session."""
+    cluster = _start_slurm(tmp_path_factory, "slurm", 1)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes(tmp_path_factory) -> Any:
+    """A real 3-node SLURM cluster (node1..node3, each a network namespace; scripts/slurm_cluster.sh).
+
+    A requeued job waits 90 s (cred_expire) unless a test starts it at once: shorter delays let a
+    signal slurmctld queued for a dead node reach the restarted job (DESIGN §8).
+    """
+    cluster = _start_slurm(tmp_path_factory, "slurm_nodes", 3, {"REQUEUE_DELAY": "90"})
     try:
         yield cluster
     finally:

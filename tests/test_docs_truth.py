@@ -674,8 +674,19 @@ def test_plan_commands_in_the_docs_run() -> None:
     assert not (problems := check_plan_commands_run(command_sources(), planner.main)), report(problems)
 
 
+def shell_script_flags() -> set[str]:
+    """The long options our shell scripts' ``usage:`` lines name (e.g. ``scripts/slurm_cluster.sh``)."""
+    out: set[str] = set()
+    for path in repo_files("scripts/*.sh"):
+        for line in (ROOT / path).read_text().splitlines():
+            if "usage:" in line:
+                out |= set(ANY_FLAG.findall(line))
+    return out
+
+
 def test_every_flag_in_the_docs_exists() -> None:
-    problems = check_prose_flags(main_docs_text(), all_flags(command_parsers()))
+    assert {"--nodes", "--no-hosts"} <= shell_script_flags()
+    problems = check_prose_flags(main_docs_text(), all_flags(command_parsers()) | shell_script_flags())
     assert not problems, report(problems)
 
 

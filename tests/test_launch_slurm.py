@@ -322,6 +322,67 @@ def test_usr1_asks_the_tasks_to_stop_before_the_job_requeues(
     assert not stop_file.exists()  # taken by the tasks, or dropped by the batch shell
 
 
+FAKE_FAULTY_SRUN = """#!/usr/bin/env bash
+# stands in for srun: the training tasks end with FAKE_RC; FAKE_MARKER: a rank recorded a fault first
+echo "started" >> "$FAKE_LOG"
+if [[ -n "${FAKE_MARKER:-}" ]]; then mkdir -p "$(dirname "$FAKE_MARKER")"; echo "hang: ..." > "$FAKE_MARKER"; fi
+exit "$FAKE_RC"
+"""
+
+
+@pytest.mark.parametrize(
+    "case,srun_rc,marker,restarts,rc,requeued",
+    [
+        ("hang or lost peer (exit 75): requeue", 75, False, "0", 0, True),
+        ("a fault recorded, srun reports a killed task: requeue", 137, True, "0", 0, True),
+        ("a fault past MAX_RESTARTS: no requeue", 75, True, "3", 75, False),
+        ("configuration or data error: never", 2, False, "0", 2, False),
+        ("run_dir busy: never", 3, False, "0", 3, False),
+        ("non-finite training: never, even with a fault record", 4, True, "0", 4, False),
+        ("a crash without a fault record: no requeue", 1, False, "0", 1, False),
+    ],
+)
+def test_faults_requeue_the_job_user_errors_never(
+    tmp_path: Path, case: str, srun_rc: int, marker: bool, restarts: str, rc: int, requeued: bool
+) -> None:
+    """How the batch shell answers the tasks' exit (stand-ins for srun and scontrol; no SLURM here)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", FAKE_FAULTY_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "fake.log"
+    fault = tmp_path / "results" / "run" / "hangs" / f"42-{restarts}" / "FAULT"
+    env = clean_env(
+        NODES="2",
+        GPUS_PER_NODE="1",
+        SLURM_JOB_ID="42",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_RESTART_COUNT=restarts,
+        MAX_RESTARTS="3",
+        MASTER_ADDR="node001",
+        RESULTS_DIR=str(tmp_path / "results"),
+        RUN_NAME="run",
+        FAKE_LOG=str(log),
+        FAKE_RC=str(srun_rc),
+        FAKE_MARKER=str(fault) if marker else "",
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+    )
+    proc = subprocess.run(
+        ["bash", str(ROOT / "examples/slurm/gammapo_multi_node.sbatch")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    events = log.read_text().splitlines()
+    assert proc.returncode == rc, (case, proc.stdout, proc.stderr, events)
+    assert ("scontrol requeue 42" in events) == requeued, (case, events)
+    if requeued:
+        assert "ended on a fault" in proc.stdout
+
+
 def test_docker_helpers_dry_run(tmp_path: Path) -> None:
     env = clean_env(DRY_RUN="1", DATA_DIR="/d", CKPT_DIR="/c", RESULTS_DIR="/r", NCCL_IB_HCA="mlx5_0")
     proc = subprocess.run(

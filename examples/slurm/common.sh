@@ -28,6 +28,12 @@
 #   EXTRA_MOUNTS    container: more mounts, comma separated SRC:DST
 #   SRUN_ARGS       more srun options, space separated (e.g. --cpu-bind=verbose,none)
 #   DRY_RUN         1: print the environment and the exact srun command, run nothing      [0]
+#   MASTER_ADDR / MASTER_PORT / GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME   the rendezvous
+#                   [from the allocation: nemo_gammapo/launch/rendezvous.sh]
+#
+# Before the training srun (not in a dry run) one short check per job: in host mode PYTHON must run
+# on every node, and the configuration must pass the start-up checks for NODES × GPUS_PER_NODE
+# tasks (`nemo-gammapo train --check-only` on the first node) — else one line and exit 2.
 
 gammapo_fail() {
     echo "gammapo: $*" >&2
@@ -96,19 +102,6 @@ gammapo_settings() {
     LOG_DIR=$RUN_DIR/slurm_logs
 }
 
-# gammapo_rendezvous: MASTER_ADDR (first node of the allocation) and MASTER_PORT (from the job id).
-gammapo_rendezvous() {
-    if [[ -z "${MASTER_ADDR:-}" ]]; then
-        if [[ -n "${SLURM_JOB_NODELIST:-}" ]] && command -v scontrol > /dev/null; then
-            MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-        else
-            MASTER_ADDR=$(hostname)
-        fi
-    fi
-    MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
-    export MASTER_ADDR MASTER_PORT
-}
-
 # gammapo_srun_cmd REPO: fill the array SRUN_CMD.
 gammapo_srun_cmd() {
     local repo=$1 workdir data ckpt results python
@@ -135,6 +128,7 @@ gammapo_srun_cmd() {
         fi
         where=("--chdir=$workdir")
     fi
+    GAMMAPO_PYTHON=$python
     local -a srun_extra=()
     [[ -n "${SRUN_ARGS:-}" ]] && read -r -a srun_extra <<< "$SRUN_ARGS"
     local -a train=(
@@ -151,6 +145,7 @@ gammapo_srun_cmd() {
         read -r -a extra <<< "$EXTRA_ARGS"
         train+=("${extra[@]}")
     fi
+    GAMMAPO_TRAIN_ARGS=("${train[@]:3}")  # the Hydra arguments, for the start-up check
     # torchrun-style variables per task, from SLURM's; PYTHONPATH finds the checkout.
     local inner arg
     inner="export RANK=\$SLURM_PROCID LOCAL_RANK=\$SLURM_LOCALID WORLD_SIZE=\$SLURM_NTASKS"
@@ -177,7 +172,7 @@ gammapo_print() {
     local mode="container $CONTAINER_IMAGE"
     [[ -z "$CONTAINER_IMAGE" ]] && mode="host mode"
     echo "# γ-PO: $NODES node(s) × $GPUS_PER_NODE tasks = $((NODES * GPUS_PER_NODE)) tasks, config $CONFIG, $mode"
-    echo "export MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT"
+    echo "export MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT${GLOO_SOCKET_IFNAME:+ GLOO_SOCKET_IFNAME=$GLOO_SOCKET_IFNAME}"
     local name nccl=""
     for name in "${GAMMAPO_ENV_VARS[@]}"; do
         [[ -n "${!name:-}" ]] && nccl+=" $name=${!name}"
@@ -213,6 +208,15 @@ gammapo_on_usr1() {
     return 0
 }
 
+# A fault the training tasks recorded (nemo_gammapo.aligner.hang_watchdog: a hang past
+# trainer.dpo.hang_timeout_s, or a collective that failed on a lost peer) ends the job with
+# GAMMAPO_FAULT_EXIT; the job is then requeued like a stop request, and resumes from the newest
+# complete checkpoint. User errors (exit 2 configuration/data, 3 run_dir busy, 4 non-finite) never are.
+GAMMAPO_FAULT_EXIT=75  # nemo_gammapo.aligner.hang_watchdog.FAULT_EXIT_CODE
+gammapo_fault_marker() {
+    echo "$RUN_DIR/hangs/${SLURM_JOB_ID:-local}-${SLURM_RESTART_COUNT:-0}/FAULT"
+}
+
 gammapo_requeue() {
     local restarts=${SLURM_RESTART_COUNT:-0}
     if (( restarts >= ${MAX_RESTARTS:-10} )); then
@@ -223,10 +227,32 @@ gammapo_requeue() {
     scontrol requeue "$SLURM_JOB_ID"
 }
 
+# gammapo_check_start REPO: the one start-up check before any training task (see the header).
+gammapo_check_start() {
+    local repo=$1 out rc=0
+    if [[ -z "$CONTAINER_IMAGE" ]]; then
+        # PYTHON on every node (one task per node; the node's own line names it)
+        out=$(srun --nodes="$NODES" --ntasks-per-node=1 --ntasks="$NODES" --kill-on-bad-exit=0 "--chdir=$repo" \
+            bash -c "command -v $(gammapo_quote inner "$GAMMAPO_PYTHON") > /dev/null || echo \"\$(hostname)\"" 2>&1) || rc=$?
+        out=$(echo "$out" | grep -v '^srun: ' | tr '\n' ' ' | sed 's/ *$//')
+        if [[ -n "$out" || $rc -ne 0 ]]; then
+            gammapo_fail "PYTHON=$GAMMAPO_PYTHON does not run on node(s) ${out:-?} (host mode: install the stack on every node, or set PYTHON)"
+        fi
+        # the start-up checks for this layout, on this (the first) node, before any task starts
+        if ! out=$(cd "$repo" && PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$GAMMAPO_PYTHON" -m nemo_gammapo.cli \
+            train --check-only "${GAMMAPO_TRAIN_ARGS[@]}" 2>&1); then
+            echo "$out" | grep -E '^nemo-gammapo train: error: ' >&2 || echo "$out" | tail -n 5 >&2
+            exit 2
+        fi
+    fi
+}
+
 # gammapo_main REPO DEFAULT_NODES: the body of every sbatch script.
 gammapo_main() {
     local repo=$1
     gammapo_settings "$2"
+    # shellcheck source=nemo_gammapo/launch/rendezvous.sh
+    source "$repo/nemo_gammapo/launch/rendezvous.sh"
     gammapo_rendezvous
     gammapo_srun_cmd "$repo"
     # shellcheck source=docker/nccl_env.sh
@@ -238,8 +264,9 @@ gammapo_main() {
     [[ -n "${SLURM_JOB_ID:-}" ]] || gammapo_fail "not inside a SLURM job: submit with sbatch, or set DRY_RUN=1"
     mkdir -p "$LOG_DIR"
     rm -f "$STOP_FILE"  # a request to an earlier job is not one to this job
+    trap gammapo_on_usr1 USR1  # from here on: a warning during the check below is kept, not fatal
+    gammapo_check_start "$repo"
     gammapo_print
-    trap gammapo_on_usr1 USR1
     "${SRUN_CMD[@]}" &
     local srun_pid=$! rc=0 again
     wait "$srun_pid" || rc=$?
@@ -256,6 +283,10 @@ gammapo_main() {
         else
             gammapo_requeue || rc=1
         fi
+    elif [[ "$rc" != 0 && "$rc" != 2 && "$rc" != 3 && "$rc" != 4 ]] \
+        && [[ "$rc" == "$GAMMAPO_FAULT_EXIT" || -e "$(gammapo_fault_marker)" ]]; then
+        echo "gammapo: the training tasks ended on a fault (exit $rc): $(cat "$(gammapo_fault_marker)" 2> /dev/null || echo '?')"
+        if gammapo_requeue; then rc=0; fi
     fi
     return "$rc"
 }

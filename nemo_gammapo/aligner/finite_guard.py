@@ -6,7 +6,8 @@ validation loss. The verdict is all-reduced once per step — one tiny collectiv
 per micro-batch — so every rank stops at the same step. The check runs before
 NeMo-Aligner's save of that step, so no checkpoint of a non-finite model is written and resume
 (:mod:`nemo_gammapo.aligner.checkpoints`) picks the last good one. The same all-reduce agrees on a
-stop request (:mod:`nemo_gammapo.aligner.stop_request`).
+stop request (:mod:`nemo_gammapo.aligner.stop_request`). Each completed step, validation and save
+is a progress mark for the hang watchdog (:mod:`nemo_gammapo.aligner.hang_watchdog`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nemo_aligner.algorithms.dpo import DPOTrainer
 
 from nemo_gammapo.aligner.checkpoints import newest_complete
 from nemo_gammapo.aligner.errors import NonFiniteTraining
+from nemo_gammapo.aligner.hang_watchdog import HangWatchdog
 from nemo_gammapo.aligner.stop_request import StopRequest
 
 
@@ -31,11 +33,17 @@ class GuardedDPOTrainer(DPOTrainer):
     """``DPOTrainer`` that raises :class:`NonFiniteTraining` on every rank at the first bad step."""
 
     def __init__(
-        self, *args: Any, checkpoint_dir: Path, stop_request: StopRequest | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        checkpoint_dir: Path,
+        stop_request: StopRequest | None = None,
+        watchdog: HangWatchdog | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.checkpoint_dir = Path(checkpoint_dir)
         self.stop_request = stop_request or StopRequest()
+        self.watchdog = watchdog
 
     def _agree(self, *values: Any) -> bool:
         """All values finite on every rank? Also agrees on a stop request (one all-reduce)."""
@@ -64,10 +72,20 @@ class GuardedDPOTrainer(DPOTrainer):
         grad_norm = metrics.get("grad_norm")
         if not self._agree(loss, grad_norm):
             self._stop(self.step + 1, f"train loss={loss}, grad_norm={grad_norm}")
+        self._progress(self.step + 1)
         return loss, metrics
 
     def run_validation(self) -> tuple[float, dict[str, Any]]:
         loss, metrics = super().run_validation()
         if not self._agree(loss):
             self._stop(self.step, f"validation loss={loss}")  # fit() has already counted the step
+        self._progress(self.step)
         return loss, metrics
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        self._progress(self.step)
+
+    def _progress(self, step: int) -> None:
+        if self.watchdog is not None:
+            self.watchdog.mark(step)

@@ -186,7 +186,20 @@ def check_run_options(cfg: DictConfig) -> None:
     stop = cfg.trainer.dpo.get("stop_after_steps")
     if stop is not None and (not isinstance(stop, int) or stop < 1):
         raise ConfigError(f"trainer.dpo.stop_after_steps must be null or an integer >= 1 (got {stop!r})")
+    check_fault_timeouts(cfg)
     check_reference_options(cfg)
+
+
+def check_fault_timeouts(cfg: DictConfig) -> None:
+    """``trainer.dpo.collective_timeout_s`` (required, > 0) and ``hang_timeout_s`` (null or > 0), seconds."""
+    dpo = cfg.trainer.dpo
+    for key, nullable in (("collective_timeout_s", False), ("hang_timeout_s", True)):
+        value = dpo.get(key)
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            allowed = "null (off) or a number of seconds > 0" if nullable else "a number of seconds > 0"
+            raise ConfigError(f"trainer.dpo.{key} must be {allowed} (got {value!r})")
 
 
 def needs_reference(dpo: Any) -> bool:

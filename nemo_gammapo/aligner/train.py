@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nemo_gammapo.aligner.checkpoints import newest_complete, set_aside_unusable
 from nemo_gammapo.aligner.errors import global_rank
+from nemo_gammapo.aligner.hang_watchdog import HangWatchdog, exit_on_peer_failure, is_peer_failure
 from nemo_gammapo.aligner.preflight import check_layout, preflight, validate_config
 from nemo_gammapo.aligner.run_dir import RunDirLock
 from nemo_gammapo.aligner.stop_request import StopRequest, stop_file
@@ -98,6 +99,21 @@ def resolved_run_config(cfg: DictConfig) -> DictConfig:
     return record
 
 
+def set_collective_timeout(trainer: Any, seconds: float) -> None:
+    """Every process group of the run times out after ``seconds`` (``trainer.dpo.collective_timeout_s``).
+
+    NeMo's ``NLPDDPStrategy`` passes its (Lightning ``DDPStrategy``) timeout both to the default
+    group's ``init_process_group`` and, as ``distributed_timeout_minutes``, to megatron-core's
+    ``initialize_model_parallel`` for the TP / PP / DP / CP groups; it is set here, after the trainer is
+    built and before the strategy creates any group.
+    """
+    import datetime
+
+    if not hasattr(trainer.strategy, "_timeout"):
+        raise RuntimeError(f"{type(trainer.strategy).__name__} has no process-group timeout to set")
+    trainer.strategy._timeout = datetime.timedelta(seconds=float(seconds))
+
+
 def choose_resume_checkpoint(cfg: DictConfig, run_dir: Path) -> Path | None:
     """Point NeMo's resume at the newest complete checkpoint (see :mod:`nemo_gammapo.aligner.checkpoints`).
 
@@ -175,6 +191,12 @@ def train(cfg: DictConfig) -> TrainResult:
         lock.acquire()
     try:
         return _train(cfg, run_dir, checked)
+    except Exception as error:
+        if not is_peer_failure(error):
+            raise
+        lock.release()
+        exit_on_peer_failure(run_dir, error, global_rank())
+        raise  # not reached
     finally:
         lock.release()
 
@@ -204,6 +226,7 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     restore_path = merge_checkpoint_config(cfg)
     resume_from = choose_resume_checkpoint(cfg, run_dir)
     trainer = resolve_and_create_trainer(cfg, "dpo")
+    set_collective_timeout(trainer, cfg.trainer.dpo.collective_timeout_s)
     exp_manager(trainer, cfg.exp_manager)
     logging.info(f"Start-up checks passed: {checked}")
     if resume_from is not None:
@@ -250,9 +273,11 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     logger.log_hyperparams(OmegaConf.to_container(cfg))
 
     stop_request = StopRequest(watch=stop_file(run_dir) if trainer.global_rank == 0 else None)
+    watchdog = HangWatchdog(run_dir, cfg.trainer.dpo.get("hang_timeout_s"), trainer.global_rank, trainer.world_size)
     dpo_trainer = GuardedDPOTrainer(
         checkpoint_dir=run_dir / "checkpoints",
         stop_request=stop_request,
+        watchdog=watchdog,
         cfg=cfg.trainer.dpo,
         model=model,
         optimizer=optimizer,
@@ -277,9 +302,11 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     if trainer_state:
         dpo_trainer.load_state_dict(trainer_state)
     stop_request.install()
+    watchdog.start()
     try:
         dpo_trainer.fit()
     finally:
+        watchdog.stop()
         stop_request.uninstall()
     if stop_request.agreed and trainer.global_rank == 0:
         stop_request.consume()

@@ -35,6 +35,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,11 +54,15 @@ TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 # Per task under srun: torchrun-style rank variables from SLURM's (the entry point reads either).
 RANK_ENV = "export RANK=$SLURM_PROCID LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS"
-# In the batch script, before the training srun: one rendezvous for all tasks.
-RENDEZVOUS = (
-    'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
-    "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))"
-)
+RENDEZVOUS_SCRIPT = Path(__file__).with_name("rendezvous.sh")  # shared with examples/slurm/common.sh
+
+
+def rendezvous_lines() -> str:
+    """In the batch script, before the training srun: one rendezvous for all tasks (MASTER_ADDR from
+    the first node's NodeAddr, MASTER_PORT, GLOO_/NCCL_SOCKET_IFNAME from that node's link)."""
+    return f"{RENDEZVOUS_SCRIPT.read_text()}gammapo_rendezvous"
+
+
 # Host mode: NeMo-Run 0.3.0 writes pyxis' --container-mounts/--container-workdir into every training
 # srun line even without an image, and a cluster without pyxis rejects them; drop them in the script.
 HOST_SRUN = """\
@@ -172,6 +177,34 @@ def check(training: Training) -> Any:
     return cfg
 
 
+def check_partition_nodes(partition: str | None, nodes: int) -> None:
+    """``--nodes`` against what the partition has (``sinfo``; its default partition without one).
+
+    Skipped where ``sinfo`` is not on PATH (a dry run on a laptop); ``sbatch`` then has the last word.
+    """
+    if shutil.which("sinfo") is None:
+        return
+    argv = ["sinfo", "-h", "-N", "-o", "%N %P"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        return  # no controller to ask: sbatch reports it
+    names: dict[str, set[str]] = {}
+    default = None
+    for line in proc.stdout.split("\n"):
+        if not line.strip():
+            continue
+        node, part = line.split()
+        if part.endswith("*"):
+            part = part[:-1]
+            default = part
+        names.setdefault(part, set()).add(node)
+    part = partition or default
+    if part is None or part not in names:
+        raise ConfigError(f"--partition {partition}: no such partition (partitions: {', '.join(sorted(names))})")
+    if nodes > len(names[part]):
+        raise ConfigError(f"--nodes {nodes}: partition {part} has {len(names[part])} nodes")
+
+
 def use_home(home: Path | None) -> str:
     """Point NeMo-Run at ``home`` (it reads ``NEMORUN_HOME`` once, when imported); the folder in use."""
     if home is not None:
@@ -190,7 +223,7 @@ def slurm_executor(args: argparse.Namespace, home: str) -> Any:
     import nemo_run as run
 
     host = args.container_image is None
-    setup = [RENDEZVOUS, "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"] + ([HOST_SRUN] if host else [])
+    setup = [rendezvous_lines(), "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"] + ([HOST_SRUN] if host else [])
     return run.SlurmExecutor(
         account=args.account,  # None: no --account line (NeMo-Run types it str but only formats it)
         partition=args.partition,
@@ -232,6 +265,8 @@ def submit(args: argparse.Namespace) -> int:
     if args.command == "slurm":
         set_layout(training, args.nodes, args.ntasks_per_node)
     cfg = check(training)
+    if args.command == "slurm" and not args.dry_run:
+        check_partition_nodes(args.partition, args.nodes)
     if args.command == "local" and cfg.trainer.num_nodes != 1:
         raise ConfigError(f"launch local runs on one machine: trainer.num_nodes={cfg.trainer.num_nodes}")
 

@@ -1,6 +1,7 @@
-"""A real single-node SLURM cluster for tests (``scripts/slurm_cluster.sh``), and small job helpers.
+"""A real SLURM cluster for tests (``scripts/slurm_cluster.sh``), and small job helpers.
 
-Tests reach it through the ``slurm_cluster`` fixture (``tests/conftest.py``). Where the cluster
+Tests reach it through the ``slurm_cluster`` (one node) and ``slurm_nodes`` (three nodes, each a
+network namespace) fixtures of ``tests/conftest.py``. Where the cluster
 cannot start (not root, packages missing) the fixture skips with the reason — unless
 ``GAMMAPO_REQUIRE_SLURM=1`` (set by ``.ci/run``), where it fails: CI never passes without them.
 """
@@ -18,11 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
 REQUIRE_ENV = "GAMMAPO_REQUIRE_SLURM"
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
-DAEMONS = ("munged", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch", "sacct")
+DAEMONS = ("munged", "slurmctld", "slurmd", "slurmdbd", "mariadbd", "sbatch", "sacct")  # and their clients
 
 
-def why_unavailable() -> str | None:
-    """Why this machine cannot run the test cluster, or None if it can."""
+def why_unavailable(nodes: int = 1) -> str | None:
+    """Why this machine cannot run a test cluster of ``nodes`` nodes, or None if it can."""
     if not CLUSTER_SCRIPT.is_file():
         return f"{CLUSTER_SCRIPT} is missing (not a source checkout)"
     if os.geteuid() != 0:
@@ -33,27 +34,81 @@ def why_unavailable() -> str | None:
             f"SLURM packages missing ({', '.join(missing)}): "
             "apt-get install munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
         )
+    if nodes > 1:
+        missing = [tool for tool in ("ip", "nsenter", "unshare") if shutil.which(tool) is None]
+        if missing:
+            return (
+                f"{', '.join(missing)} missing (apt-get install iproute2 util-linux): the nodes are network namespaces"
+            )
     return None
 
 
 class SlurmCluster:
     """A running cluster in ``directory``; every command here talks to it (``SLURM_CONF``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, nodes: int = 1) -> None:
         self.directory = Path(directory)
+        self.nodes = nodes
         self.env = {**os.environ, "SLURM_CONF": str(self.directory / "slurm.conf")}
 
     @classmethod
-    def start(cls, directory: Path) -> SlurmCluster:
-        proc = subprocess.run(
-            ["bash", str(CLUSTER_SCRIPT), "start", str(directory)], capture_output=True, text=True, timeout=180
-        )
+    def start(cls, directory: Path, nodes: int = 1, env: dict[str, str] | None = None) -> SlurmCluster:
+        """Start it (``nodes`` > 1: node1..nodeN in network namespaces); ``env``: e.g. ``REQUEUE_DELAY``."""
+        argv = ["bash", str(CLUSTER_SCRIPT), "start", str(directory)] + (["--nodes", str(nodes)] if nodes > 1 else [])
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})})
         if proc.returncode != 0:
             raise RuntimeError(f"the test SLURM cluster did not start:\n{proc.stdout}{proc.stderr}")
-        return cls(directory)
+        return cls(directory, nodes)
 
     def stop(self) -> None:
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "stop", str(self.directory)], capture_output=True, timeout=120)
+
+    def node_action(self, action: str, *args: str) -> None:
+        """``kill-node`` / ``start-node`` / ``cut-link`` / ``restore-link`` NODE, or ``hosts`` on|off."""
+        proc = subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), action, str(self.directory), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"slurm_cluster.sh {action} {' '.join(args)}: {proc.stderr.strip()}")
+
+    def node_state(self, node: str) -> str:
+        """SLURM's state of ``node`` (``idle``, ``allocated``, ``down*``, ...)."""
+        return self.run("sinfo", "-h", "-N", "-n", node, "-o", "%T").split("\n")[0].strip()
+
+    def where(self, node: str) -> tuple[str, str]:
+        """``node``'s network namespace and the root-namespace side of its veth pair."""
+        proc = subprocess.run(
+            ["bash", str(CLUSTER_SCRIPT), "where", str(self.directory), node],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip())
+        namespace, link = proc.stdout.split()
+        return namespace, link
+
+    def node_pids(self, node: str, pattern: str) -> list[int]:
+        """PIDs of the processes on ``node`` (its network namespace) whose command line contains ``pattern``."""
+        namespace, _ = self.where(node)
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+        out = []
+        for pid in pids:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if pattern in cmdline:
+                out.append(int(pid))
+        return out
+
+    def link_bytes(self, node: str) -> int:
+        """Bytes ``node``'s link has carried so far, both ways."""
+        stats = Path("/sys/class/net") / self.where(node)[1] / "statistics"
+        return int((stats / "rx_bytes").read_text()) + int((stats / "tx_bytes").read_text())
 
     def run(self, *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
         """A SLURM client command (``sbatch``, ``scontrol``, ...); its stdout, or RuntimeError."""
