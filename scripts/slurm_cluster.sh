@@ -31,8 +31,9 @@
 # PreemptMode=REQUEUE), each over every node. No systemd or cgroups: processes are tracked by parent
 # PID (proctrack/linuxproc). Accounting (sacct, needed by NeMo-Run's status and logs) is slurmdbd on
 # a private MariaDB in DIR. A requeued job may start again after REQUEUE_DELAY seconds [5] (SLURM's
-# default is 120: AuthInfo cred_expire; multi-node tests that kill a node use >= 90, DESIGN §8: a
-# signal slurmctld queued for a dead node can otherwise reach the restarted job). A node that stops
+# default is 120: AuthInfo cred_expire; a test that takes a node away keeps it away > 60 s after the
+# requeue, DESIGN §8: a signal slurmctld queued for it is retried ~60 s later and can reach a restarted
+# job there; with a long delay, `scontrol update StartTime=now` makes the job "non-startable"). A node that stops
 # answering is marked DOWN after SLURMD_TIMEOUT seconds [30] and its jobs are requeued. Daemon logs: DIR/log/.
 # Exit status of start: 0 when every node is idle and accounting answers; 1 otherwise (logs printed;
 # everything started is stopped again).

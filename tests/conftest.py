@@ -148,10 +148,11 @@ def slurm_cluster(tmp_path_factory) -> Any:
 def slurm_nodes(tmp_path_factory) -> Any:
     """A real 3-node SLURM cluster (node1..node3, each a network namespace; scripts/slurm_cluster.sh).
 
-    A requeued job waits 90 s (cred_expire) unless a test starts it at once: shorter delays let a
-    signal slurmctld queued for a dead node reach the restarted job (DESIGN §8).
+    A requeued job may start again after 5 s (cred_expire), so a test that takes a node away keeps
+    it away for over 60 s after the requeue: a signal slurmctld queued for the unreachable node is
+    retried about 60 s later and would reach a restarted job there (DESIGN §8).
     """
-    cluster = _start_slurm(tmp_path_factory, "slurm_nodes", 3, {"REQUEUE_DELAY": "90"})
+    cluster = _start_slurm(tmp_path_factory, "slurm_nodes", 3)
     try:
         yield cluster
     finally:

@@ -160,3 +160,14 @@ def test_documented_defaults() -> None:
     dpo = compose("gpt_gammapo", []).trainer.dpo
     assert dpo.collective_timeout_s == 1800 and dpo.hang_timeout_s == 1200
     assert dpo.hang_timeout_s < dpo.collective_timeout_s
+
+
+def test_the_first_fault_record_wins(tmp_path, monkeypatch) -> None:
+    """A rank woken later (or killed while writing) never replaces or empties the first record."""
+    from nemo_gammapo.aligner.hang_watchdog import record_fault
+
+    monkeypatch.setenv("SLURM_JOB_ID", "5")
+    first = record_fault(tmp_path, "hang: rank 1 stopped")
+    again = record_fault(tmp_path, "hang: rank 0 stopped")
+    assert first == again and first.read_text() == "hang: rank 1 stopped\n"
+    assert sorted(p.name for p in first.parent.iterdir()) == [FAULT_MARKER]  # no stray temporary files

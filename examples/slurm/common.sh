@@ -28,6 +28,8 @@
 #   EXTRA_MOUNTS    container: more mounts, comma separated SRC:DST
 #   SRUN_ARGS       more srun options, space separated (e.g. --cpu-bind=verbose,none)
 #   DRY_RUN         1: print the environment and the exact srun command, run nothing      [0]
+#   FAULT_GRACE_S   after a task recorded a fault (hang, lost peer): seconds before the rest of
+#                   the training step is killed                                            [15]
 #   MASTER_ADDR / MASTER_PORT / GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME   the rendezvous
 #                   [from the allocation: nemo_gammapo/launch/rendezvous.sh]
 #
@@ -217,6 +219,26 @@ gammapo_fault_marker() {
     echo "$RUN_DIR/hangs/${SLURM_JOB_ID:-local}-${SLURM_RESTART_COUNT:-0}/FAULT"
 }
 
+# gammapo_fault_watch SRUN_PID: once a fault is recorded, give the step FAULT_GRACE_S seconds [15]
+# to end, then kill what is left of it: a frozen task (SIGSTOP, a hung driver) can otherwise hold
+# the step, and the allocation, well past the fault.
+gammapo_fault_watch() {
+    trap '' USR1  # the batch shell's stop request is not for this helper
+    local pid=$1 marker grace=${FAULT_GRACE_S:-15}
+    marker=$(gammapo_fault_marker)
+    while kill -0 "$pid" 2> /dev/null; do
+        if [[ -e "$marker" ]]; then
+            sleep "$grace"
+            if kill -0 "$pid" 2> /dev/null; then
+                echo "gammapo: a fault was recorded and the training step is still up after ${grace} s: killing its tasks"
+                scancel --signal=KILL "$SLURM_JOB_ID" || true
+            fi
+            return 0
+        fi
+        sleep 2
+    done
+}
+
 gammapo_requeue() {
     local restarts=${SLURM_RESTART_COUNT:-0}
     if (( restarts >= ${MAX_RESTARTS:-10} )); then
@@ -268,7 +290,9 @@ gammapo_main() {
     gammapo_check_start "$repo"
     gammapo_print
     "${SRUN_CMD[@]}" &
-    local srun_pid=$! rc=0 again
+    local srun_pid=$! rc=0 again watch_pid
+    gammapo_fault_watch "$srun_pid" &
+    watch_pid=$!
     wait "$srun_pid" || rc=$?
     while [[ "$GAMMAPO_INTERRUPTED" == 1 ]]; do  # the trap cut `wait` short: wait for srun itself
         GAMMAPO_INTERRUPTED=0
@@ -276,6 +300,8 @@ gammapo_main() {
         wait "$srun_pid" || again=$?
         if [[ "$again" != 127 ]]; then rc=$again; fi  # 127: srun had already been reaped; keep its status
     done
+    kill "$watch_pid" 2> /dev/null || true
+    wait "$watch_pid" 2> /dev/null || true
     if [[ "$GAMMAPO_STOP_REQUESTED" == 1 && "$rc" == 0 ]]; then
         if [[ -e "$STOP_FILE" ]]; then  # not taken: training had ended anyway
             rm -f "$STOP_FILE"

@@ -16,9 +16,13 @@ second instead of importing NeMo a second time (~15 s and ~1 GB per rank on the 
 from __future__ import annotations
 
 from nemo_gammapo.aligner.errors import exit_on_user_error
-from nemo_gammapo.aligner.run_dir import exit_with_launcher
+from nemo_gammapo.aligner.run_dir import die_with_parent, exit_with_launcher
 from nemo_gammapo.aligner.stop_request import catch_early
 from nemo_gammapo.configs import DEFAULT_CONFIG, config_dir
+
+# Imported again in the checkpoint writer's spawned helpers (as their ``__mp_main__``): those must
+# not outlive the worker (see :func:`nemo_gammapo.aligner.run_dir.die_with_parent`).
+die_with_parent()
 
 
 def main() -> None:

@@ -54,11 +54,23 @@ def hang_dir(run_dir: str | Path) -> Path:
 
 
 def record_fault(run_dir: str | Path, line: str) -> Path:
-    """Write the fault marker the batch scripts look for (``srun``'s own exit code mixes the ranks')."""
+    """Write the fault marker the batch scripts look for (``srun``'s own exit code mixes the ranks').
+
+    The first rank to record wins (a rank killed while the marker is written never leaves it empty:
+    it is written aside and moved into place).
+    """
     out = hang_dir(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     marker = out / FAULT_MARKER
-    marker.write_text(line + "\n")
+    if not marker.exists():
+        tmp = out / f".{FAULT_MARKER}.{os.getpid()}"
+        tmp.write_text(line + "\n")
+        try:
+            os.link(tmp, marker)  # fails if another rank recorded first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
     return marker
 
 
@@ -85,6 +97,7 @@ class HangWatchdog:
         self.last_mark = time.monotonic()
         self.host = socket.gethostname()
         self._stop = threading.Event()
+        self._armed = threading.Event()  # set by the first mark: the thread then reports at once
         self._thread: threading.Thread | None = None
         self.fired = False
 
@@ -98,6 +111,8 @@ class HangWatchdog:
     def mark(self, step: int) -> None:
         """Progress: ``step`` training steps are complete (also after a validation or a save)."""
         self.step, self.last_mark = step, time.monotonic()
+        if not self._armed.is_set():
+            self._armed.set()
 
     def start(self) -> None:
         if not self.enabled or self._thread is not None:
@@ -109,6 +124,7 @@ class HangWatchdog:
 
     def stop(self) -> None:
         self._stop.set()
+        self._armed.set()
         if self._thread is not None:
             self._thread.join(timeout=self.heartbeat_s + 5)
             self._thread = None
@@ -124,8 +140,11 @@ class HangWatchdog:
             pass  # a full or flaky filesystem must not kill training; the next beat tries again
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
+        self._armed.wait()  # the first step: report it now (its peers may freeze before the next beat)
+        while not self._stop.is_set():
             self._write_progress()
+            if self._stop.wait(self.heartbeat_s):
+                return
             if self.step is not None and time.monotonic() - self.last_mark > self.timeout_s:
                 self._fire()
                 return

@@ -14,7 +14,10 @@ file of the run directory into ``run_<N>/`` when a run resumes.
 (``kill -9``) used to leave them training. :func:`exit_with_launcher` asks Linux to kill a worker
 when the process that started it dies (``PR_SET_PDEATHSIG``). Stopping a job is then any of:
 ``kill <torchrun pid>`` (SIGTERM: torchrun stops its workers), ``kill -9 <torchrun pid>``, Ctrl-C, or
-``scancel`` under SLURM.
+``scancel`` under SLURM. The worker's own helper processes (megatron's checkpoint writers and their
+``multiprocessing`` manager, started with ``spawn``) die with the worker (:func:`die_with_parent`):
+an orphaned helper would keep the task's output open and hold the SLURM step — and the allocation —
+for a minute after the job was killed or preempted (the step waits for its I/O).
 """
 
 from __future__ import annotations
@@ -167,5 +170,27 @@ def exit_with_launcher() -> bool:
     except (OSError, AttributeError):
         return False
     if os.getppid() == 1:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+def die_with_parent() -> bool:
+    """In a ``multiprocessing`` child of a training worker: die (SIGKILL) when the worker dies; True if armed.
+
+    Linux delivers the signal when the *thread* that started the child exits; the helpers here are
+    started from the worker's main thread (megatron's checkpoint save runs in the training loop).
+    """
+    import multiprocessing
+
+    if multiprocessing.parent_process() is None:
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    parent = multiprocessing.parent_process()
+    if parent is not None and not parent.is_alive():  # the worker died before the request took effect
         os.kill(os.getpid(), signal.SIGKILL)
     return True

@@ -4,7 +4,8 @@
 #   MASTER_ADDR         the first node's address as SLURM knows it (`scontrol show node`: NodeAddr,
 #                       which defaults to the node name), so it works where node names resolve only
 #                       through SLURM; outside an allocation: this host's name
-#   MASTER_PORT         20000 + job id mod 20000
+#   MASTER_PORT         20000 + 10 × (job id mod 2000) + restart count mod 10: a requeued job keeps
+#                       its id, and a port its killed incarnation still held would fail the rendezvous
 #   GLOO_SOCKET_IFNAME  the interface of this (the first) node that holds MASTER_ADDR's address, or
 #   NCCL_SOCKET_IFNAME  the one its route leaves by; never `lo`, so cross-node traffic uses the node
 #                       link. Assumes the same interface name on every node (set both yourself where not)
@@ -19,7 +20,7 @@ gammapo_rendezvous() {
             MASTER_ADDR=$(hostname)
         fi
     fi
-    MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
+    MASTER_PORT=${MASTER_PORT:-$((20000 + 10 * (${SLURM_JOB_ID:-0} % 2000) + ${SLURM_RESTART_COUNT:-0} % 10))}
     export MASTER_ADDR MASTER_PORT
     if [[ -z "${GLOO_SOCKET_IFNAME:-}" || -z "${NCCL_SOCKET_IFNAME:-}" ]] && command -v ip > /dev/null; then
         if [[ "$MASTER_ADDR" =~ ^[0-9.]+$ ]]; then
