@@ -160,7 +160,16 @@ def test_defaults_and_allocation_mismatch() -> None:
     assert proc.returncode != 0 and "allocation has 4 nodes" in proc.stderr
     proc = dry_run("gammapo_multi_node.sbatch", SLURM_JOB_NUM_NODES="2", SLURM_JOB_ID="12345", GPUS_PER_NODE="8")
     srun, _ = parse_srun(proc.stdout)
-    assert option(srun, "nodes") == "2" and "MASTER_PORT=32345" in proc.stdout
+    # 20000 + 10 × (job id mod 2000) + restart count mod 10 (nemo_gammapo/launch/rendezvous.sh)
+    assert option(srun, "nodes") == "2" and "MASTER_PORT=23450" in proc.stdout
+    again = dry_run(
+        "gammapo_multi_node.sbatch",
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_ID="12345",
+        SLURM_RESTART_COUNT="3",
+        GPUS_PER_NODE="8",
+    )
+    assert "MASTER_PORT=23453" in again.stdout  # a requeued incarnation never reuses its predecessor's port
 
 
 @pytest.mark.parametrize(

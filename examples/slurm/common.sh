@@ -231,7 +231,11 @@ gammapo_fault_watch() {
             sleep "$grace"
             if kill -0 "$pid" 2> /dev/null; then
                 echo "gammapo: a fault was recorded and the training step is still up after ${grace} s: killing its tasks"
-                scancel --signal=KILL "$SLURM_JOB_ID" || true
+                # the job's numbered steps only (`scancel --signal=KILL JOB` would cancel the whole job)
+                local step
+                for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i 2> /dev/null | grep -E "^${SLURM_JOB_ID}\.[0-9]+$"); do
+                    scancel --signal=KILL "$step" || true
+                done
             fi
             return 0
         fi
