@@ -28,7 +28,8 @@
 #
 # Partitions: `batch` (the default; its jobs are never preempted), `low` (preemptible) and `urgent`,
 # whose jobs preempt `low` jobs by requeueing them (PreemptType=preempt/partition_prio,
-# PreemptMode=REQUEUE), each over every node. No systemd or cgroups: processes are tracked by parent
+# PreemptMode=REQUEUE), each over every node. EnforcePartLimits=ALL, as many production clusters set
+# it: sbatch refuses a job no partition can run (more nodes than it has) instead of leaving it pending. No systemd or cgroups: processes are tracked by parent
 # PID (proctrack/linuxproc). Accounting (sacct, needed by NeMo-Run's status and logs) is slurmdbd on
 # a private MariaDB in DIR. A requeued job may start again after REQUEUE_DELAY seconds [5] (SLURM's
 # default is 120: AuthInfo cred_expire; a test that takes a node away keeps it away > 60 s after the
@@ -305,6 +306,7 @@ AccountingStoragePass=$munge_dir/munge.sock
 JobCompType=jobcomp/none
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
+EnforcePartLimits=ALL
 ${node_lines}
 PartitionName=batch Nodes=$node_list Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=OFF
 PartitionName=low Nodes=$node_list MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE

@@ -106,7 +106,8 @@ def test_container_script_has_the_pyxis_flags(home: Path, tmp_path: Path, capsys
     assert train[5:7] == ["--config-name", "tiny_cpu"]
     assert train[-2:] == ["trainer.num_nodes=2", "trainer.devices=4"]
     assert "model.data.data_prefix.train=[data/demo/train.jsonl]" in train
-    assert "export MASTER_ADDR=" in script and "export MASTER_PORT=" in script
+    # the rendezvous of examples/slurm/common.sh (one file, nemo_gammapo/launch/rendezvous.sh), then run
+    assert launch.RENDEZVOUS_SCRIPT.read_text() in script and "\ngammapo_rendezvous\n" in script
     assert not list((home / "experiments").rglob("*_sbatch.sh"))  # a dry run leaves no experiment behind
 
 

@@ -147,6 +147,15 @@ def test_gpus_per_node_and_prebuilt_image(tmp_path: Path) -> None:
     assert "trainer.devices=4" in train and "trainer.num_nodes=2" in train
 
 
+def test_socket_interfaces_are_the_users_when_set() -> None:
+    """The rendezvous picks the node link only for what the user left unset."""
+    proc = dry_run(
+        "gammapo_multi_node.sbatch", NODES="2", GPUS_PER_NODE="8", GLOO_SOCKET_IFNAME="ib0", NCCL_SOCKET_IFNAME="^lo"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "GLOO_SOCKET_IFNAME=ib0" in proc.stdout and "NCCL_SOCKET_IFNAME=^lo" in proc.stdout
+
+
 def test_defaults_and_allocation_mismatch() -> None:
     proc = dry_run("gammapo_multi_node.sbatch", GPUS_PER_NODE="8")
     assert proc.returncode == 0, proc.stderr

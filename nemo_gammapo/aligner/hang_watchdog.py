@@ -41,6 +41,24 @@ HANGS_DIR = "hangs"
 FAULT_MARKER = "FAULT"  # in hang_dir(): the one-line reason; the batch scripts requeue when they find it
 
 
+def end_helpers() -> None:
+    """SIGKILL this worker's other processes (its process group: checkpoint writers, their manager,
+    multiprocessing's resource tracker) before it ends itself: a helper left behind keeps the task's
+    output open and SLURM's step waits for it (60 s) before the job can be requeued."""
+    import signal
+
+    me, group = os.getpid(), os.getpgrp()
+    if group != me:
+        return  # not a process-group leader (a launcher's group): leave the other processes alone
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            pid = int(proc.name)
+            if pid != me and os.getpgid(pid) == group:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def incarnation() -> str:
     """``<job>-<restart>``: the SLURM job id and restart count (``local-0`` outside SLURM)."""
     job = os.environ.get("SLURM_JOB_ID") or os.environ.get("TORCHELASTIC_RUN_ID") or "local"
@@ -91,7 +109,7 @@ class HangWatchdog:
         self.run_dir = Path(run_dir)
         self.timeout_s = None if timeout_s is None else float(timeout_s)
         self.rank, self.world_size = rank, world_size
-        self.heartbeat_s = 10.0 if self.timeout_s is None else max(0.5, min(10.0, self.timeout_s / 6))
+        self.heartbeat_s = 10.0 if self.timeout_s is None else max(0.5, min(10.0, self.timeout_s / 12))
         self.exit = exit
         self.step: int | None = None  # the last completed step this incarnation (None: not armed yet)
         self.last_mark = time.monotonic()
@@ -208,6 +226,8 @@ class HangWatchdog:
             )
             record_fault(self.run_dir, line)
             print(line, file=sys.stderr, flush=True)
+        if self.exit is os._exit:
+            end_helpers()
         self.exit(FAULT_EXIT_CODE)
 
 
@@ -243,4 +263,5 @@ def exit_on_peer_failure(run_dir: str | Path, error: BaseException, rank: int) -
         pass
     print(line, file=sys.stderr, flush=True)
     sys.stdout.flush()
+    end_helpers()
     os._exit(FAULT_EXIT_CODE)
