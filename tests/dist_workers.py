@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -284,3 +285,13 @@ def reference_runs_worker(rank: int, world_size: int, plan: list[dict[str, Any]]
             results.append(aligner_train_worker(rank, world_size, **entry))
         reset_between_runs(rank)
     return results
+
+
+def helper_then_die_worker(rank: int, world_size: int, out_dir: str) -> None:
+    """Start a spawned helper, as megatron's async checkpoint writer does (a ``Manager``), record
+    its PID, then die as under ``kill -9`` (no exit handlers: the helper is not shut down)."""
+    import multiprocessing
+
+    manager = multiprocessing.get_context("spawn").Manager()
+    Path(out_dir, f"helper{rank}.pid").write_text(str(manager._process.pid))
+    os._exit(137)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -147,6 +148,7 @@ def _entry(
     parent: tuple[dict[str, str], str, list[str]],
 ) -> None:
     out = Path(out_dir)
+    os.setpgid(0, 0)  # a group of its own: the helpers it starts go with it (see run_on_ranks)
     try:
         # The caller's, now: a fork server's are from when it started (its own additions, such
         # as the CPU patches' environment variables, stay).
@@ -173,6 +175,17 @@ def _entry(
         raise
 
 
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL what is left of a rank's process group: helpers it spawned (megatron's checkpoint
+    writer manager, ...) outlive a rank that died without its exit handlers (killed, ``os._exit``)."""
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def run_on_ranks(
     worker: Callable[..., Any],
     world_size: int,
@@ -191,7 +204,8 @@ def run_on_ranks(
     when the worker returns or raises. Each rank's return value comes back through ``torch.save``.
     A failing rank's traceback is raised in the caller as ``RuntimeError``; if any rank is still
     running after ``timeout_s`` every rank is killed and ``TimeoutError`` is raised (a failed rank
-    would otherwise leave the others blocked in a collective forever).
+    would otherwise leave the others blocked in a collective forever). Each rank leads its own
+    process group, which is killed once the rank has ended: nothing a rank started outlives the call.
     """
     ctx = mp.get_context("forkserver" if _preloaded else "spawn")
     parent = (dict(os.environ), os.getcwd(), list(sys.path))
@@ -218,6 +232,7 @@ def run_on_ranks(
                 if p.is_alive():
                     p.kill()
                     p.join(5)
+                _kill_group(p.pid)
         errors = sorted(Path(out_dir).glob("rank*.err"))
         if errors:
             first = errors[0]
