@@ -277,6 +277,16 @@ echo "scontrol $*" >> "$FAKE_LOG"
 """
 
 
+def stand_ins(tmp_path: Path, srun: str) -> Path:
+    """A folder with stand-ins for ``srun`` (the given script) and ``scontrol``, for PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", srun), ("scontrol", FAKE_SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
 @pytest.mark.parametrize(
     "case,restarts,finish,ignore,rc,requeued",
     [
@@ -290,11 +300,7 @@ def test_usr1_asks_the_tasks_to_stop_before_the_job_requeues(
     tmp_path: Path, case: str, restarts: str, finish: str, ignore: str, rc: int, requeued: bool
 ) -> None:
     """The batch shell's trap, with stand-ins for srun and scontrol (no SLURM here)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    bin_dir = stand_ins(tmp_path, FAKE_SRUN)
     log = tmp_path / "fake.log"
     stop_file = tmp_path / "results" / "run" / ".nemo_gammapo" / "stop_requested"
     stop_file.parent.mkdir(parents=True)
@@ -364,11 +370,7 @@ def test_faults_requeue_the_job_user_errors_never(
     tmp_path: Path, case: str, srun_rc: int, marker: bool, restarts: str, rc: int, requeued: bool
 ) -> None:
     """How the batch shell answers the tasks' exit (stand-ins for srun and scontrol; no SLURM here)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for name, text in (("srun", FAKE_FAULTY_SRUN), ("scontrol", FAKE_SCONTROL)):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    bin_dir = stand_ins(tmp_path, FAKE_FAULTY_SRUN)
     log = tmp_path / "fake.log"
     fault = tmp_path / "results" / "run" / "hangs" / f"42-{restarts}" / "FAULT"
     env = clean_env(

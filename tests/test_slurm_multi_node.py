@@ -53,11 +53,9 @@ import torch
 from dist_workers import aligner_runs_worker, same_state
 
 from nemo_gammapo.aligner.hang_watchdog import FAULT_EXIT_CODE, FAULT_MARKER, HANGS_DIR
-from nemo_gammapo.aligner.model import CHECKPOINT_KEY
-from nemo_gammapo.artifacts.metrics import metrics_files, read_history, read_metrics_file
 from nemo_gammapo.configs import demo_data_dir
 from nemo_gammapo.distributed.process_groups import run_on_ranks
-from nemo_gammapo.testing.slurm import FINAL_STATES, SlurmCluster
+from nemo_gammapo.testing.slurm import FINAL_STATES, SlurmCluster, final_queue, incarnations, losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -101,25 +99,6 @@ def overrides(loss: str, layout: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- results of a run directory
-def losses(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
-    history = read_history(run_dir)
-    train = {r["step"]: r["train/loss"] for r in history if "train/loss" in r}
-    val = {r["step"]: r["val/loss"] for r in history if "val/loss" in r}
-    return train, val
-
-
-def final_queue(run_dir: Path) -> dict[str, Any]:
-    (last,) = [
-        p for p in (run_dir / "checkpoints").iterdir() if f"step={STEPS}-" in p.name and p.name.endswith("-last")
-    ]
-    return torch.load(last / "common.pt", weights_only=False)[CHECKPOINT_KEY]
-
-
-def incarnations(run_dir: Path) -> list[list[int]]:
-    """The training steps (0-based) each incarnation of a job logged, oldest first."""
-    return [[r["step"] for r in read_metrics_file(p) if "train/loss" in r] for p in metrics_files(run_dir)]
-
-
 def close(a: float, b: float, exact: bool = False) -> bool:
     return a == b if exact else math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
 
@@ -159,7 +138,7 @@ def assert_equal_runs(got: Path, expected: Path, exact: bool = False) -> None:
     bad = {s: (val[s], want_val[s]) for s in want_val if not close(val[s], want_val[s], exact)}
     assert not bad, f"validation losses differ at steps {bad}"
     same = same_state if exact else close_state
-    assert same(final_queue(got), final_queue(expected))
+    assert same(final_queue(got, STEPS), final_queue(expected, STEPS))
 
 
 # ---------------------------------------------------------------- jobs

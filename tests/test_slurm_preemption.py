@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from dist_workers import same_state
 
-from nemo_gammapo.aligner.model import CHECKPOINT_KEY
-from nemo_gammapo.artifacts.metrics import metrics_files, read_history, read_metrics_file
 from nemo_gammapo.configs import demo_data_dir
-from nemo_gammapo.testing.slurm import FINAL_STATES, SlurmCluster
+from nemo_gammapo.testing.slurm import FINAL_STATES, SlurmCluster, final_queue, incarnations, losses
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -132,25 +129,6 @@ def scenarios(slurm_cluster: SlurmCluster, tmp_path_factory) -> dict[str, Any]:
     return run_scenarios(slurm_cluster, tmp_path_factory.mktemp("preemption"))
 
 
-def incarnations(run_dir: Path) -> list[list[int]]:
-    """The training steps (0-based) each incarnation of the job logged, oldest first."""
-    return [[r["step"] for r in read_metrics_file(p) if "train/loss" in r] for p in metrics_files(run_dir)]
-
-
-def losses(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
-    history = read_history(run_dir)
-    train = {r["step"]: r["train/loss"] for r in history if "train/loss" in r}
-    val = {r["step"]: r["val/loss"] for r in history if "val/loss" in r}
-    return train, val
-
-
-def final_queue(run_dir: Path) -> dict[str, Any]:
-    (last,) = [
-        p for p in (run_dir / "checkpoints").iterdir() if f"step={STEPS}-" in p.name and p.name.endswith("-last")
-    ]
-    return torch.load(last / "common.pt", weights_only=False)[CHECKPOINT_KEY]
-
-
 def batch_log(root: Path, name: str) -> str:
     return (root / f"{name}.out").read_text()
 
@@ -176,7 +154,7 @@ def test_interrupted_run_equals_the_uninterrupted_run(scenarios) -> None:
     # a clean stop also validates the step it checkpoints; nothing else is extra
     stops = [steps[-1] + 1 for steps in incarnations(root / name)[:-1]]
     assert sorted(set(val) - set(reference_val)) == sorted(set(stops) - set(reference_val))
-    assert same_state(final_queue(root / name), final_queue(root / "uninterrupted"))
+    assert same_state(final_queue(root / name, STEPS), final_queue(root / "uninterrupted", STEPS))
 
 
 def test_a_stop_request_loses_no_completed_step(scenarios) -> None:

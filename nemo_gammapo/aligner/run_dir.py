@@ -155,23 +155,30 @@ class RunDirLock:
 PR_SET_PDEATHSIG = 1
 
 
-def exit_with_launcher() -> bool:
-    """Have Linux kill this process (SIGKILL) when its parent — ``torchrun`` — dies; True if armed.
-
-    Only under ``torchrun`` (``TORCHELASTIC_RUN_ID`` set): under SLURM, ``slurmstepd`` already
-    owns the task's processes. A no-op where ``prctl`` is unavailable (not Linux).
-    """
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return False
+def _die_with_parent(parent_gone: Any) -> bool:
+    """Ask Linux for SIGKILL when the parent dies (``PR_SET_PDEATHSIG``); True if armed. If
+    ``parent_gone()`` already, the parent died before the request took effect: die now.
+    A no-op where ``prctl`` is unavailable (not Linux)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             return False
     except (OSError, AttributeError):
         return False
-    if os.getppid() == 1:  # the launcher died before the request took effect
+    if parent_gone():
         os.kill(os.getpid(), signal.SIGKILL)
     return True
+
+
+def exit_with_launcher() -> bool:
+    """Have Linux kill this process (SIGKILL) when its parent — ``torchrun`` — dies; True if armed.
+
+    Only under ``torchrun`` (``TORCHELASTIC_RUN_ID`` set): under SLURM, ``slurmstepd`` already
+    owns the task's processes.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return False
+    return _die_with_parent(lambda: os.getppid() == 1)
 
 
 def die_with_parent() -> bool:
@@ -182,15 +189,7 @@ def die_with_parent() -> bool:
     """
     import multiprocessing
 
-    if multiprocessing.parent_process() is None:
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
     parent = multiprocessing.parent_process()
-    if parent is not None and not parent.is_alive():  # the worker died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-    return True
+    if parent is None:
+        return False
+    return _die_with_parent(lambda: not parent.is_alive())

@@ -179,3 +179,33 @@ class SlurmCluster:
         """Accounting's record of the job (one state per incarnation's batch step and the job)."""
         out = self.run("sacct", "-n", "-P", "-D", "-j", str(job_id), "--format=JobID,State")
         return [line for line in out.splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- what a job's run directory holds
+def incarnations(run_dir: Path) -> list[list[int]]:
+    """The training steps (0-based) each incarnation of a job logged, oldest first."""
+    from nemo_gammapo.artifacts.metrics import metrics_files, read_metrics_file
+
+    return [[r["step"] for r in read_metrics_file(p) if "train/loss" in r] for p in metrics_files(run_dir)]
+
+
+def losses(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
+    """Per-step training and validation losses over every incarnation of a run."""
+    from nemo_gammapo.artifacts.metrics import read_history
+
+    history = read_history(run_dir)
+    train = {r["step"]: r["train/loss"] for r in history if "train/loss" in r}
+    val = {r["step"]: r["val/loss"] for r in history if "val/loss" in r}
+    return train, val
+
+
+def final_queue(run_dir: Path, steps: int) -> dict:
+    """The margin-queue state in the run's ``-last`` checkpoint after ``steps`` steps."""
+    import torch
+
+    from nemo_gammapo.aligner.model import CHECKPOINT_KEY
+
+    (last,) = [
+        p for p in (run_dir / "checkpoints").iterdir() if f"step={steps}-" in p.name and p.name.endswith("-last")
+    ]
+    return torch.load(last / "common.pt", weights_only=False)[CHECKPOINT_KEY]
