@@ -156,7 +156,8 @@ def aligner_killed_worker(rank: int, world_size: int, run: dict[str, Any], kill_
 def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Several training runs, one after another, in the same processes (imports paid once).
 
-    Each entry of ``runs`` holds the keyword arguments of :func:`aligner_train_worker`. Between
+    Each entry of ``runs`` holds the keyword arguments of :func:`aligner_train_worker` (and
+    ``expect_user_error: True`` for a run start-up must refuse: its result is the error). Between
     runs everything a fresh process would not have is torn down — the model-parallel state, the
     micro-batch calculator and the process group (NeMo sets up the model-parallel groups while
     restoring a ``.nemo`` only when no process group exists; PP > 1 needs them then) — and the
@@ -164,11 +165,24 @@ def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) 
     """
     import time
 
+    import torch.distributed as dist
+
+    from nemo_gammapo.aligner.errors import UserError
+
     results = []
     for run in runs:
         start = time.monotonic()
-        results.append({**aligner_train_worker(rank, world_size, **run), "wall_s": time.monotonic() - start})
-        reset_between_runs(rank)
+        run = dict(run)
+        if run.pop("expect_user_error", False):  # a run that start-up checks must refuse
+            try:
+                aligner_train_worker(rank, world_size, **run)
+                results.append({"error": None})
+            except UserError as error:
+                results.append({"error": str(error), "exit_code": error.exit_code})
+        else:
+            results.append({**aligner_train_worker(rank, world_size, **run), "wall_s": time.monotonic() - start})
+        if dist.is_initialized():
+            reset_between_runs(rank)
     return results
 
 

@@ -90,7 +90,6 @@ def test_paper_presets(name: str) -> None:
         ),
         ("trainer.dpo.stop_after_steps=0", "trainer.dpo.stop_after_steps"),
         ("model.data.data_impl=packed_jsonl", "model.data.data_impl"),  # refused at any layout
-        ("model.data.shuffle=false trainer.dpo.max_epochs=2", "model.data.shuffle"),
     ],
 )
 def test_invalid_values_name_the_key(override: str, key: str) -> None:

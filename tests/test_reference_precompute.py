@@ -48,8 +48,6 @@ RUN = [
     "trainer.dpo.save_interval=4",
     "model.global_batch_size=8",
     "model.dpo.gamma_dump.every=2",
-    "model.data.shuffle=false",  # file order: a global batch holds the same pairs at DP2 and PP2
-    "trainer.dpo.max_epochs=1",
 ]
 PP2 = ["model.pipeline_model_parallel_size=2", "trainer.dpo.gradient_clip_val=0"]
 DP2_NO_CLIP = ["trainer.dpo.gradient_clip_val=0"]  # the same optimisation as at PP2 (clipping differs there)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nemo_gammapo.aligner.config import ALIGNER_KEYS, ALIGNER_NATIVE_LOSSES, TOP_LEVEL_FIELDS, dump_config, loss_configs
 from nemo_gammapo.aligner.errors import ConfigError
+from nemo_gammapo.aligner.identity import allowed_changes
 from nemo_gammapo.aligner.reference import check_sidecar, reference_mode
 from nemo_gammapo.core.config import GammaConfig, GammaDumpConfig, PreferenceLossConfig
 
@@ -178,16 +179,12 @@ def check_run_options(cfg: DictConfig) -> None:
         # packed_jsonl would pass NeMo-Aligner's dataset builder but our collate and DP margin gather
         # are for unpacked pairs; packed sequences need Transformer Engine (a GPU container) anyway.
         raise ConfigError(f"model.data.data_impl must be one of {list(DATA_IMPLS)} (got {cfg.model.data.data_impl!r})")
-    if not cfg.model.data.shuffle and cfg.trainer.dpo.max_epochs != 1:
-        raise ConfigError(
-            f"model.data.shuffle=false needs trainer.dpo.max_epochs=1 (got {cfg.trainer.dpo.max_epochs}): "
-            "NeMo-Aligner repeats epochs only with its random sampler"
-        )
     stop = cfg.trainer.dpo.get("stop_after_steps")
     if stop is not None and (not isinstance(stop, int) or stop < 1):
         raise ConfigError(f"trainer.dpo.stop_after_steps must be null or an integer >= 1 (got {stop!r})")
     check_fault_timeouts(cfg)
     check_reference_options(cfg)
+    allowed_changes(cfg)
 
 
 def check_fault_timeouts(cfg: DictConfig) -> None:

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nemo_gammapo.aligner.checkpoints import newest_complete, set_aside_unusable
 from nemo_gammapo.aligner.errors import global_rank
 from nemo_gammapo.aligner.hang_watchdog import HangWatchdog, exit_on_peer_failure, is_peer_failure
-from nemo_gammapo.aligner.preflight import check_layout, preflight, validate_config
+from nemo_gammapo.aligner.identity import guard_resume
+from nemo_gammapo.aligner.preflight import check_layout, preflight, steps_per_epoch, validate_config
 from nemo_gammapo.aligner.run_dir import RunDirLock
 from nemo_gammapo.aligner.stop_request import StopRequest, stop_file
 from nemo_gammapo.artifacts.metrics import append_record, metrics_record
@@ -205,7 +206,6 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     import torch
     from nemo.utils import logging
     from nemo.utils.exp_manager import exp_manager
-    from nemo_aligner.data.nlp.builders import build_dataloader, identity_collate
     from nemo_aligner.utils.distributed import Timer
     from nemo_aligner.utils.train_script_utils import (
         CustomLoggerWrapper,
@@ -221,10 +221,14 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
 
     from nemo_gammapo.aligner.finite_guard import GuardedDPOTrainer
     from nemo_gammapo.aligner.pairs import collate_with_pair_ids
+    from nemo_gammapo.aligner.sampler import build_pair_dataloader
     from nemo_gammapo.distributed.checkpoint import broadcast_from_last_stage
 
     restore_path = merge_checkpoint_config(cfg)
     resume_from = choose_resume_checkpoint(cfg, run_dir)
+    layout = checked["layout"]
+    sizes = {"tensor": layout.tensor, "pipeline": layout.pipeline, "data": layout.data}
+    guard_resume(cfg, run_dir, resume_from, {**sizes, "micro_batch_size": cfg.model.micro_batch_size})
     trainer = resolve_and_create_trainer(cfg, "dpo")
     set_collective_timeout(trainer, cfg.trainer.dpo.collective_timeout_s)
     exp_manager(trainer, cfg.exp_manager)
@@ -242,21 +246,19 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
     init_distributed(trainer, model, cfg.model.get("transformer_engine", False))
 
     data = cfg.model.data
-    gbs, mbs = cfg.model.global_batch_size, cfg.model.micro_batch_size
     train_ds, val_ds = build_datasets(cfg, model.tokenizer)
-    train_dl = build_dataloader(
+    # one global order at every layout (nemo_gammapo.data.order): resumable on another layout
+    train_dl = build_pair_dataloader(
         cfg,
         train_ds,
         consumed_samples,
-        mbs,
-        gbs,
-        collate_fn=identity_collate,
-        load_gbs=True,
-        use_random_sampler=data.shuffle,
+        shuffle=data.shuffle,
+        restart=False,
+        batches_per_epoch=steps_per_epoch(
+            len(train_ds), cfg.model.global_batch_size, cfg.trainer.dpo.get("limit_train_batches", 1.0)
+        ),
     )
-    val_dl = build_dataloader(
-        cfg, val_ds, 0, mbs, gbs, collate_fn=identity_collate, load_gbs=True, use_random_sampler=False
-    )
+    val_dl = build_pair_dataloader(cfg, val_ds, 0, shuffle=False, restart=True)
 
     init_peft(model, cfg.model)
     if not model.reference_free and model.reference_sums is None and not model.use_peft:
