@@ -281,9 +281,17 @@ def reference_runs_worker(rank: int, world_size: int, plan: list[dict[str, Any]]
     """Reference precomputes and training runs, one after another, in the same processes.
 
     An entry ``{"precompute": {...}}`` runs ``nemo_gammapo.aligner.precompute.precompute`` on the
-    composed ``tiny_cpu`` config (keys ``run_dir``, ``overrides``); any other entry is a training
-    run (:func:`aligner_train_worker`). Returns one dict per entry.
+    composed ``tiny_cpu`` config (keys ``run_dir``, ``overrides``); ``{"tamper": {"src", "dst",
+    "nats_per_token"}}`` writes a sidecar whose chosen sums are shifted; any other entry is a training
+    run (:func:`aligner_train_worker`; with ``expect_user_error: True`` its result is the error).
+    Returns one dict per entry.
     """
+    import os
+
+    import torch.distributed as dist
+
+    from nemo_gammapo.aligner.errors import UserError
+
     results: list[dict[str, Any]] = []
     for entry in plan:
         if "precompute" in entry:
@@ -295,9 +303,24 @@ def reference_runs_worker(rank: int, world_size: int, plan: list[dict[str, Any]]
                 calls[name] = 0
             sidecar = precompute_preset(world_size, run["run_dir"], run["overrides"])
             results.append({"sidecar": str(sidecar), "calls": dict(calls)})
+        elif "tamper" in entry:  # a copy of a sidecar whose chosen sums are off by `nats_per_token`
+            src, dst, shift = entry["tamper"]["src"], entry["tamper"]["dst"], entry["tamper"]["nats_per_token"]
+            state = torch.load(src, weights_only=True)
+            state["chosen"] = state["chosen"] + shift * state["chosen_tokens"]
+            torch.save(state, f"{dst}.tmp{rank}")  # every rank writes the same bytes, each atomically
+            os.replace(f"{dst}.tmp{rank}", dst)
+            results.append({})
+            continue
+        elif entry.get("expect_user_error"):
+            try:
+                aligner_train_worker(rank, world_size, **{k: v for k, v in entry.items() if k != "expect_user_error"})
+                results.append({"error": None})
+            except UserError as error:
+                results.append({"error": str(error), "exit_code": error.exit_code})
         else:
             results.append(aligner_train_worker(rank, world_size, **entry))
-        reset_between_runs(rank)
+        if dist.is_initialized():
+            reset_between_runs(rank)
     return results
 
 

@@ -48,7 +48,11 @@ COMMON = [
 ]
 LOSSES = {
     "gamma_simpo": [],
-    "gamma_dpo": ["model.dpo.preference_loss=gamma_dpo", "model.dpo.ref_policy_kl_penalty=0.5", "model.dpo.gamma_beta_ratio=2.0"],
+    "gamma_dpo": [
+        "model.dpo.preference_loss=gamma_dpo",
+        "model.dpo.ref_policy_kl_penalty=0.5",
+        "model.dpo.gamma_beta_ratio=2.0",
+    ],
     "dpo": ["model.dpo.preference_loss=dpo", "model.dpo.ref_policy_kl_penalty=0.5"],
 }
 ONE = ["model.micro_batch_size=4"]
@@ -108,7 +112,10 @@ def elastic(tmp_path_factory) -> dict[str, Any]:
     by_world[1].append(
         (
             "edited data",
-            {**_run(root, "gamma_simpo_one", "gamma_simpo", ONE, f"model.data.data_prefix.train=[{edited}]"), **guarded},
+            {
+                **_run(root, "gamma_simpo_one", "gamma_simpo", ONE, f"model.data.data_prefix.train=[{edited}]"),
+                **guarded,
+            },
         )
     )
     by_world[1].append(

@@ -13,14 +13,16 @@ What runs (each run is 4 steps, validation after steps 2 and 4), for the tiny GP
 | layout | processes | vs one process with | GPT losses | Llama losses |
 |---|---|---|---|---|
 | TP2, PP2, TP2+SP | 2 | micro-batch 2, global batch 8 | γ-SimPO, γ-DPO, DPO | TP2+SP: γ-SimPO, γ-DPO |
-| DP2 × micro-batch 1 | 2 | micro-batch 2, global batch 8 (shuffled; 4 micro-batches per step) | γ-SimPO, γ-DPO, DPO, β-DPO, KTO | — |
+| DP2 × micro-batch 1 | 2 | micro-batch 2, global batch 8 | γ-SimPO, γ-DPO, DPO, β-DPO, KTO | — |
 | TP2×PP2 | 4 | micro-batch 2, global batch 8 | γ-SimPO, γ-DPO, DPO | γ-SimPO, γ-DPO |
 
-Left out to fit the CI budget: the Llama-shaped model at TP2, PP2 and DP2 (its TP and PP code
-paths are covered by TP2+SP and TP2×PP2), TP2×PP2×DP2 (8 processes), and the other registry
-losses (IPO, CPO, ORPO, R-DPO, rDPO, SimPO, rSimPO, β-SimPO share the reward, gather and loss code
-that these runs exercise). Runs share processes (one pool per
-world size) because importing the stack costs ~20 s per process on the CI machine.
+Every run reads the preset's shuffled order (one global order at every layout,
+``nemo_gammapo.data.order``), 4 global micro-batches per step. Left out to fit the CI budget: the
+Llama-shaped model at TP2, PP2 and DP2 (its TP and PP code paths are covered by TP2+SP and TP2×PP2),
+TP2×PP2×DP2 (8 processes), and the other registry losses (IPO, CPO, ORPO, R-DPO, rDPO, SimPO,
+rSimPO, β-SimPO share the reward, gather and loss code that these runs exercise). Runs share
+processes (one pool per world size) because importing the stack costs ~20 s per process on the CI
+machine.
 """
 
 from __future__ import annotations

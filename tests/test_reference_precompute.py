@@ -62,6 +62,7 @@ def reference_runs(aligner_runs, tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("reference")
     nemo = nemo_file(aligner_runs)
     sidecar = root / "reference_logprobs.pt"
+    stale = root / "stale_reference_logprobs.pt"  # its values, not its digests, are off
     start = [f"pretrained_checkpoint.restore_from_path={nemo}", f"model.dpo.reference_logprobs={sidecar}"]
     pre = ["model.dpo.reference=precomputed"]
     plan = [
@@ -74,9 +75,15 @@ def reference_runs(aligner_runs, tmp_path_factory) -> dict[str, Any]:
         {"run_dir": str(root / "dp2_pre"), "overrides": [*start, *RUN, *DP2_NO_CLIP, *pre]},  # resumes
         {"run_dir": str(root / "pp2_online"), "overrides": [*start, *RUN, *PP2]},
         {"run_dir": str(root / "pp2_pre"), "overrides": [*start, *RUN, *PP2, *pre]},
+        {"tamper": {"src": str(sidecar), "dst": str(stale), "nats_per_token": 0.5}},
+        {
+            "run_dir": str(root / "pp2_stale"),
+            "overrides": [*start, *RUN, *PP2, *pre, f"model.dpo.reference_logprobs={stale}"],
+            "expect_user_error": True,
+        },
     ]
     per_rank = run_on_ranks(reference_runs_worker, 2, 900, {"plan": plan}, init_process_group=False)
-    names = ["precompute", "dp2_online", "dp2_pre_stopped", "dp2_pre", "pp2_online", "pp2_pre"]
+    names = ["precompute", "dp2_online", "dp2_pre_stopped", "dp2_pre", "pp2_online", "pp2_pre", "tamper", "pp2_stale"]
     return {"root": root, "sidecar": sidecar, "nemo": nemo, **dict(zip(names, per_rank[0], strict=True))}
 
 
@@ -109,7 +116,15 @@ def test_precomputed_reference_trains_like_the_online_reference(reference_runs, 
     # the online runs ran the reference; the precomputed ones never did and kept no weights for it
     online, pre = reference_runs[f"{layout}_online"], reference_runs[f"{layout}_pre"]
     assert online["calls"]["get_ref_policy_logprobs"] > 0 and online["holds_reference_weights"]
-    assert pre["calls"] == dict.fromkeys(pre["calls"], 0), pre["calls"]
+    # the precomputed run's one reference forward: the check of the file at its first step; at PP2 a
+    # fresh start (the current weights are the reference: no swap, no host copy), at DP2 the resumed
+    # half of the run (test_precomputed_run_resumes)
+    if layout == "pp2":
+        assert pre["calls"] == {
+            "get_logprob_batch": 1,
+            "get_ref_policy_logprobs": 0,
+            "retrieve_model_state_dict_in_cpu": 0,
+        }
     assert not pre["holds_reference_weights"]
 
 
@@ -122,8 +137,26 @@ def test_precomputed_run_resumes(reference_runs) -> None:
     first = [r["step"] for r in stopped["history"] if "train/loss" in r]
     resumed = [r["step"] for r in reference_runs["dp2_pre"]["history"] if "train/loss" in r]
     assert first == [0, 1, 2, 3] and resumed == [4, 5, 6, 7], (first, resumed)
-    # ...and the joined history equals the online run's (test above); the sidecar was read again
-    assert reference_runs["dp2_pre"]["calls"] == dict.fromkeys(reference_runs["dp2_pre"]["calls"], 0)
+    # ...and the joined history equals the online run's (test above); the sidecar was read again and
+    # checked again: one forward of the starting weights, from a host copy taken before the
+    # checkpoint restore and dropped after the check, swapped in by NeMo-Aligner (whose swap keeps
+    # a second host copy, of the current weights, to swap back)
+    assert reference_runs["dp2_pre_stopped"]["calls"]["get_logprob_batch"] == 1  # its own start's check
+    calls = reference_runs["dp2_pre"]["calls"]
+    assert calls == {"get_logprob_batch": 1, "get_ref_policy_logprobs": 1, "retrieve_model_state_dict_in_cpu": 2}
+    assert not reference_runs["dp2_pre"]["holds_reference_weights"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_stale_reference_file_stops_the_first_step(reference_runs) -> None:
+    """Same digests, other values (as after a tokenizer or template change): one line, exit 2."""
+    result = reference_runs["pp2_stale"]
+    assert result["exit_code"] == 2, result
+    line = result["error"]
+    assert "\n" not in line and "disagrees with the reference computed online for pair id " in line, line
+    assert "0.5000 nats/token > model.dpo.reference_check_tolerance=0.1" in line
+    assert "likely causes: another tokenizer" in line and "precompute-reference" in line
 
 
 @pytest.mark.distributed

@@ -1,6 +1,7 @@
 """Identity guards on resume: a run_dir continues only the run it holds.
 
-At a run's first start, rank 0 records in ``run_dir/run_identity.json`` what decides its numbers,
+At a run's first start, rank 0 records in ``run_dir/.nemo_gammapo/run_identity.json`` (NeMo's
+exp_manager moves the run_dir's top-level files into ``run_<N>/`` at every start) what decides its numbers,
 in four groups:
 
 * ``data``: the SHA-256 of each data file (by split; paths may differ on another allocation);
@@ -35,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nemo_gammapo.aligner.errors import ConfigError, global_rank
 
-RECORD = "run_identity.json"
+RECORD = Path(".nemo_gammapo") / "run_identity.json"  # relative to the run_dir
 GROUPS = ("data", "model", "loss", "training")
 # model.dpo keys that do not change a run's numbers (the reference's source is proven equal both ways)
 LOSS_IGNORED = (
@@ -179,6 +180,7 @@ def check_checkpoint_architecture(checkpoint: Path, cfg: DictConfig) -> None:
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)  # readers on other ranks see the old record or the new one, never half

@@ -117,6 +117,10 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
         self.reference_sums: ReferenceLogprobs | None = None
         if reference_mode(cfg.dpo) == "precomputed" and not self.reference_free:
             self.reference_sums = ReferenceLogprobs.load(cfg.dpo.reference_logprobs)
+        # the first step of every start checks the file against one online forward (reference_check)
+        self.reference_check_due = (
+            self.reference_sums is not None and cfg.dpo.get("reference_check_tolerance") is not None
+        )
 
     @property
     def reference_free(self) -> bool:
@@ -193,9 +197,56 @@ class MegatronGPTGammaPOModel(MegatronGPTDPOModel):
             return reference_placeholder(batch, parallel_state.get_context_parallel_world_size())
         if self.reference_sums is None:
             return super().get_ref_policy_logprobs(batch)
+        if self.reference_check_due:
+            self.check_reference_file(batch)
         chosen, rejected = self.reference_sums.lookup(batch[PAIR_IDS])
         labels = torch.cat((batch["chosen_labels"], batch["rejected_labels"]), dim=0)
         return place_sums(torch.cat((chosen, rejected)), labels)
+
+    def check_reference_file(self, batch: dict[str, torch.Tensor]) -> None:
+        """Recompute the reference log-prob sums of this batch's first micro-batch online and compare
+        them with the precomputed file (:mod:`nemo_gammapo.aligner.reference_check`); once per start.
+
+        The reference weights: the current ones on a fresh start (the model was just restored from
+        the starting checkpoint), the host copy ``train()`` took before the checkpoint was
+        restored on a resume (dropped here), or — with PEFT — the base with its adapters switched
+        off. Every rank joins the forward (pipeline stages) and one gather of the verdicts, so all
+        stop together; global rank 0 logs the cost.
+        """
+        import time
+
+        from nemo.utils import logging
+
+        from nemo_gammapo.aligner.reference_check import ReferenceMismatch, verdict, worst_sequence
+
+        self.reference_check_due = False
+        start = time.monotonic()
+        rows = batch["chosen"].shape[0]
+        n = min(rows, int(self.cfg.dpo.log_prob_forward_micro_batch_size))
+        first = {k: v[:n] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows else v for k, v in batch.items()}
+        if self.ref_policy_state_dict is None and not self.use_peft:
+            logprobs = self.get_logprob_batch(first)  # fresh start: the weights are the reference
+        else:
+            logprobs = super().get_ref_policy_logprobs(first)
+        self.ref_policy_state_dict = None
+        labels = torch.cat((first["chosen_labels"], first["rejected_labels"]), dim=0).to(logprobs.device)
+        online = self.get_reduced_masked_logps(logprobs.float(), labels)
+        tokens = self.get_reduced_masked_logps(torch.ones_like(logprobs, dtype=torch.float32), labels)
+        chosen, rejected = self.reference_sums.lookup(first[PAIR_IDS])
+        worst = worst_sequence(online.cpu(), torch.cat((chosen, rejected)).cpu(), tokens.cpu(), first[PAIR_IDS].cpu())
+        everyone: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(everyone, worst)  # once per start
+        worst = max(everyone, key=lambda w: w.per_token)
+        tolerance = float(self.cfg.dpo.reference_check_tolerance)
+        if torch.distributed.get_rank() == 0:
+            logging.info(
+                f"Reference check: {n} pairs per data-parallel rank recomputed online in "
+                f"{time.monotonic() - start:.2f} s (one forward of one micro-batch); largest difference "
+                f"{worst.per_token:.2e} nats/token (pair id {worst.pair_id}), tolerance {tolerance}"
+            )
+        line = verdict(worst, tolerance, str(self.cfg.dpo.reference_logprobs))
+        if line is not None:
+            raise ReferenceMismatch(line)
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

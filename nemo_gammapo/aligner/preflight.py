@@ -32,6 +32,7 @@ from nemo_gammapo.aligner.config import ALIGNER_KEYS, ALIGNER_NATIVE_LOSSES, TOP
 from nemo_gammapo.aligner.errors import ConfigError
 from nemo_gammapo.aligner.identity import allowed_changes
 from nemo_gammapo.aligner.reference import check_sidecar, reference_mode
+from nemo_gammapo.aligner.reference_check import check_tolerance
 from nemo_gammapo.core.config import GammaConfig, GammaDumpConfig, PreferenceLossConfig
 
 # model.dpo keys NeMo-Aligner's MegatronGPTDPOModel reads besides the ones it shares with our loss config.
@@ -45,7 +46,7 @@ ALIGNER_ONLY_DPO_KEYS = frozenset(
     }
 )
 DPO_KEYS = ALIGNER_ONLY_DPO_KEYS | set(ALIGNER_KEYS) | set(TOP_LEVEL_FIELDS) | {"loss_params", "gamma", "gamma_dump"}
-DPO_KEYS |= {"reference", "reference_logprobs"}  # nemo_gammapo.aligner.reference
+DPO_KEYS |= {"reference", "reference_logprobs", "reference_check_tolerance"}  # aligner.reference(_check)
 # PreferenceLossConfig fields set by a top-level model.dpo key, never by loss_params.
 TOP_LEVEL_LOSS_FIELDS = {field: key for key, field in ALIGNER_KEYS.items()} | {f: f for f in TOP_LEVEL_FIELDS}
 LOSS_PARAM_KEYS = frozenset(f.name for f in fields(PreferenceLossConfig)) - set(TOP_LEVEL_LOSS_FIELDS)
@@ -210,6 +211,7 @@ def needs_reference(dpo: Any) -> bool:
 def check_reference_options(cfg: DictConfig) -> None:
     """``model.dpo.reference`` / ``reference_logprobs`` make sense for this loss and layout."""
     mode = reference_mode(cfg.model.dpo)
+    check_tolerance(cfg.model.dpo.get("reference_check_tolerance"))
     if mode != "precomputed":
         return
     loss = cfg.model.dpo.preference_loss

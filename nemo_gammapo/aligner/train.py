@@ -269,6 +269,12 @@ def _train(cfg: DictConfig, run_dir: Path, checked: dict[str, Any]) -> TrainResu
         model.ref_policy_state_dict = retrieve_model_state_dict_in_cpu(
             model, megatron_amp_O2=cfg.model.get("megatron_amp_O2", False)
         )
+    elif model.reference_check_due and trainer_state and not model.use_peft:
+        # resuming with a precomputed reference: the reference check at the first step needs the
+        # starting weights, which the checkpoint restore below replaces; dropped after the check
+        model.ref_policy_state_dict = retrieve_model_state_dict_in_cpu(
+            model, megatron_amp_O2=cfg.model.get("megatron_amp_O2", False)
+        )
     init_using_ptl(trainer, model, train_dl, train_ds)
     optimizer, scheduler = extract_optimizer_scheduler_from_ptl_model(model)
     ckpt_callback = add_custom_checkpoint_callback(trainer, model)
