@@ -3,7 +3,9 @@
 Unlike :mod:`nemo_gammapo.cpu_compat` (CPU-only stand-ins for CUDA), these fix an interface or
 behaviour mismatch between two library versions, so they apply on GPU machines too. Each one is
 gated on the behaviour it fixes — probed, not guessed from version strings — so it is a no-op
-where the two libraries agree (e.g. inside the NGC 25.02 container, torch 2.6).
+where the two libraries agree. With torch 2.6.0 (PyPI; `requirements/constraints-container.txt`) the writer's
+signature agrees with megatron-core 0.11's call and the load plan already refuses size
+mismatches, so only the shape-mismatch adapter installs there; with torch 2.13 both do.
 
 Call :func:`apply_version_adapters` once per process before the first checkpoint is saved or
 loaded; it is idempotent and returns the names of the adapters it installed.
@@ -22,17 +24,26 @@ _lock = threading.Lock()
 _installed: dict[str, bool] = {}
 
 
-def adapt_checkpoint_writer() -> bool:
-    """Let megatron-core 0.11's async checkpoint writer call torch >= 2.6's ``_write_item``.
+def checkpoint_writer_signature_differs() -> bool:
+    """Probe: does torch's private ``_write_item`` take ``transforms`` first (torch > 2.6)?
 
-    megatron calls the private ``_write_item(stream, data, write_item, storage_key)``; newer torch
-    added ``transforms`` first and ``serialization_format`` last. Gated on that signature.
+    megatron-core 0.11 calls ``_write_item(stream, data, write_item, storage_key)``, which matches
+    torch 2.6.0; later torch added ``transforms`` first and ``serialization_format`` last.
+    """
+    from torch.distributed.checkpoint import filesystem as tfs
+
+    return next(iter(inspect.signature(tfs._write_item).parameters)) == "transforms"
+
+
+def adapt_checkpoint_writer() -> bool:
+    """Let megatron-core 0.11's async checkpoint writer call a newer torch's ``_write_item``.
+
+    Gated on :func:`checkpoint_writer_signature_differs`.
     """
     from megatron.core.dist_checkpointing.strategies import filesystem_async
     from torch.distributed.checkpoint import filesystem as tfs
 
-    params = list(inspect.signature(tfs._write_item).parameters)
-    if params[0] != "transforms" or getattr(filesystem_async._write_item, "_gammapo_adapter", False):
+    if not checkpoint_writer_signature_differs() or getattr(filesystem_async._write_item, "_gammapo_adapter", False):
         return False
 
     def write_item(stream: Any, data: Any, write_item: Any, storage_key: str) -> Any:
@@ -48,8 +59,8 @@ def adapt_checkpoint_writer() -> bool:
 def default_load_plan_refuses_size_mismatch() -> bool:
     """Probe: does torch's default load plan raise when a saved tensor's global size differs?
 
-    torch ≥ 2.7 does; the torch of the NGC 25.02 container (2.6) and megatron-core 0.11, which
-    relies on reading overlapping chunks of differently sized tensors, do not.
+    torch 2.6.0 and later do (2.5.1 does not); megatron-core 0.11 relies on reading overlapping
+    chunks of differently sized tensors. NVIDIA's container build (2.6.0a0) is probed like any other.
     """
     from torch.distributed.checkpoint import default_planner
     from torch.distributed.checkpoint.metadata import (
@@ -76,7 +87,7 @@ def adapt_shape_mismatch_loading() -> bool:
 
     The padded vocabulary is a multiple of ``make_vocab_size_divisible_by × TP``, so the embedding
     and output layer change global shape with TP; megatron-core marks them ``allow_shape_mismatch``
-    (zero-fills, then reads the overlapping rows). torch 2.13's default load plan refuses any size
+    (zero-fills, then reads the overlapping rows). torch's default load plan (2.6.0 on) refuses any size
     mismatch first, so a TP1 checkpoint could not be restored at TP2. For exactly the tensors
     megatron-core left out of its own shape validation, the planner now sees the saved size as the
     current one; read items still come from the saved chunks' real offsets and sizes, so only the

@@ -186,14 +186,28 @@ def aligner_runs_worker(rank: int, world_size: int, runs: list[dict[str, Any]]) 
     return results
 
 
-def checkpoint_tensors(run_dir: Path, step: int, scratch: Path) -> dict[str, Any]:
-    """Every tensor (weights and optimizer state) of a run's ``-last`` distributed checkpoint at ``step``."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+def checkpoint_tensors(run_dir: Path, step: int, scratch: Path | None = None) -> dict[str, Any]:
+    """Every tensor (weights and optimizer state) of a run's ``-last`` distributed checkpoint at ``step``.
 
+    Read with torch's public checkpoint API into tensors allocated from the checkpoint's metadata
+    (``dcp_to_torch_save`` needs the writer's ``planner_data``, which megatron-core 0.11 leaves
+    ``None``: torch 2.6's converter then fails). ``scratch`` is unused (kept for callers).
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    del scratch
     (last,) = (Path(run_dir) / "checkpoints").glob(f"*-step={step}-*-last")
-    out = Path(scratch) / f"{Path(run_dir).name}-step{step}.pt"
-    dcp_to_torch_save(last, out)
-    return {k: v for k, v in torch.load(out, weights_only=False).items() if isinstance(v, torch.Tensor)}
+    reader = dcp.FileSystemReader(str(last))
+    entries = reader.read_metadata().state_dict_metadata
+    state = {
+        key: torch.empty(md.size, dtype=md.properties.dtype)
+        for key, md in entries.items()
+        if isinstance(md, TensorStorageMetadata)
+    }
+    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(flatten_state_dict=False), no_dist=True)
+    return state
 
 
 def same_state(a: Any, b: Any) -> bool:

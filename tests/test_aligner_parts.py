@@ -32,14 +32,21 @@ def test_clip_counts_a_pipeline_shared_parameter_once() -> None:
 
 
 def test_version_adapters_do_not_depend_on_the_device() -> None:
-    """On a GPU machine with the same pins (no CPU patches), both adapters still install."""
+    """On a GPU machine with the same pins (no CPU patches), exactly the adapters whose probe finds
+    the mismatch install — the same expectation on every torch (2.13: both; 2.6.0: the loader's)."""
     code = (
         "import torch; torch.cuda.is_available = lambda: True\n"
-        "from nemo_gammapo.version_adapters import apply_version_adapters, default_load_plan_refuses_size_mismatch\n"
-        "print(default_load_plan_refuses_size_mismatch(), apply_version_adapters())\n"
+        "from nemo_gammapo.version_adapters import apply_version_adapters, checkpoint_writer_signature_differs, "
+        "default_load_plan_refuses_size_mismatch\n"
+        "probes = [checkpoint_writer_signature_differs(), default_load_plan_refuses_size_mismatch()]\n"
+        "print(probes, apply_version_adapters())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == "True ['checkpoint_writer', 'shape_mismatch_loading']"
+    probes, installed = out.strip().splitlines()[-1].split("] ", 1)
+    writer, loader = (p.strip() == "True" for p in probes.strip("[").split(","))
+    expected = [name for name, due in (("checkpoint_writer", writer), ("shape_mismatch_loading", loader)) if due]
+    assert installed == str(expected)
+    assert loader, "every supported torch (2.6.0 on) refuses size mismatches: the resharding adapter is needed"
 
 
 def resharding_worker(rank: int, world_size: int, root: str) -> dict[str, Any]:
