@@ -1,4 +1,5 @@
-"""Shared pytest setup: markers, thread limits for the 2-core CI machine, the shared DP2 runs."""
+"""Shared pytest setup: markers, thread limits for the 2-core CI machine, the shared DP2 runs; the
+session fails if it leaves a process running (``nemo_gammapo.testing.leftovers``)."""
 
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from dist_workers import aligner_runs_worker
 
 from nemo_gammapo.distributed.process_groups import preload_rank_modules, run_on_ranks
 from nemo_gammapo.testing import slurm
+
+pytest_plugins = ["nemo_gammapo.testing.leftovers"]
 
 ALIGNER_STEPS = 40
 ALIGNER_LOSSES = {
