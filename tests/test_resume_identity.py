@@ -72,11 +72,13 @@ def test_what_cannot_change_the_numbers_may_change_silently(run, tmp_path: Path,
         "trainer.dpo.hang_timeout_s=null",
         "model.dpo.gamma_dump.every=0",
         "name=renamed",
+        "trainer.dpo.max_steps=128",  # run it longer: deliberate, recorded
         data_dir=moved,
     )
     assert guard_resume(again, run_dir, ckpt, {**LAYOUT, "tensor": 2, "data": 1, "micro_batch_size": 4}) == {}
     assert capsys.readouterr().out == ""  # G = 1 × 4 = 2 × 2: nothing to say
-    assert len(json.loads((run_dir / RECORD).read_text())["starts"]) == 2
+    starts = json.loads((run_dir / RECORD).read_text())["starts"]
+    assert [s["max_steps"] for s in starts] == [64, 128]
 
 
 def test_edited_data_is_refused_naming_the_file_and_the_override(run, tmp_path: Path) -> None:
@@ -109,7 +111,7 @@ def test_edited_data_is_refused_naming_the_file_and_the_override(run, tmp_path: 
         ("model.dpo.ref_policy_kl_penalty=1.0", "loss", "ref_policy_kl_penalty"),
         ("model.optim.lr=1e-3", "training", "model.optim.lr"),
         ("model.global_batch_size=32", "training", "model.global_batch_size: 16 → 32"),
-        ("trainer.dpo.max_steps=10", "training", "trainer.dpo.max_steps"),
+        ("trainer.dpo.limit_train_batches=4", "training", "trainer.dpo.limit_train_batches"),
         ("model.num_layers=3", "model", "num_layers: 2 → 3"),
         ("model.init_method_std=0.05", "model", "random_init.init_method_std"),
     ],

@@ -10,11 +10,13 @@ in four groups:
   (files by digest);
 * ``loss``: the resolved ``model.dpo`` (loss, β, γ settings, loss parameters), less what cannot
   change the numbers (dumps, the log-prob forward's micro-batch, where the reference comes from);
-* ``training``: global batch, seed, shuffling, optimizer and schedule, steps and epochs, clipping,
-  precision.
+* ``training``: global batch, seed, shuffling, epoch length (``limit_train_batches``), optimizer and
+  schedule settings, clipping, precision.
 
 Everything else — logging, intervals, the parallel layout, ``micro_batch_size``, ``stop_after_steps``,
-timeouts — may change between starts. A resume whose groups differ stops at start-up with one line
+timeouts — may change between starts, and so may ``max_steps`` / ``max_epochs``: running a run longer
+is deliberate (the learning-rate schedule then follows the new length from the resumed step on);
+each start records them. A resume whose groups differ stops at start-up with one line
 naming each change and how to go on (``+resume.allow_changes=[data,...]`` or a new run_dir); an
 accepted change is recorded. Independently of the record, the checkpoint to resume from must
 hold the configured architecture (its ``common.pt`` keeps the model config it was saved with).
@@ -105,8 +107,6 @@ def run_identity(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "model.data.shuffle": model.data.shuffle,
         "model.data.seq_length": model.data.get("seq_length"),
         "model.optim": OmegaConf.to_container(model.optim),
-        "trainer.dpo.max_steps": trainer.dpo.max_steps,
-        "trainer.dpo.max_epochs": trainer.dpo.max_epochs,
         "trainer.dpo.limit_train_batches": trainer.dpo.get("limit_train_batches"),
         "trainer.dpo.gradient_clip_val": trainer.dpo.get("gradient_clip_val"),
         "trainer.precision": str(trainer.get("precision")),
@@ -207,6 +207,7 @@ def guard_resume(
     except (OSError, ValueError):
         record = None
     start = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **layout, "G": layout["data"] * layout["micro_batch_size"]}
+    start |= {"max_steps": cfg.trainer.dpo.get("max_steps"), "max_epochs": cfg.trainer.dpo.get("max_epochs")}
     accepted: dict[str, list[str]] = {}
     if resume_from is not None:
         check_checkpoint_architecture(resume_from, cfg)
