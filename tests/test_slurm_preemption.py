@@ -111,7 +111,6 @@ def run_scenarios(cluster: SlurmCluster, root: Path) -> dict[str, Any]:
         if "usr1" not in events and train_records_logged(jobs.run_dir("usr1")) >= INTERRUPT_AFTER:
             cluster.run("scancel", "-b", "--signal=USR1", str(jobs.ids["usr1"]))
             events["usr1"] = train_records_logged(jobs.run_dir("usr1"))
-        cluster.restart_now_if_requeued(jobs.ids["usr1"])
 
     drive(["uninterrupted", "usr1"], phase1)
 

@@ -139,15 +139,6 @@ class SlurmCluster:
     def state(self, job_id: int) -> str:
         return self.job(job_id).get("JobState", "UNKNOWN")
 
-    def restart_now_if_requeued(self, job_id: int) -> None:
-        """A requeued job waits for its BeginTime; let it start at once (tests only)."""
-        fields = self.job(job_id)
-        if fields.get("JobState") == "PENDING" and fields.get("Reason") == "BeginTime":
-            try:
-                self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
-            except RuntimeError:
-                pass  # it may have started meanwhile
-
     def wait(
         self,
         job_id: int,
@@ -167,10 +158,14 @@ class SlurmCluster:
             time.sleep(poll_s)
 
     def wait_done(self, job_id: int, timeout_s: float) -> dict[str, str]:
-        """Until the job has ended for good (COMPLETED, FAILED, ...), starting any requeue at once."""
+        """Until the job has ended for good (COMPLETED, FAILED, ...).
+
+        A requeued job waits ``REQUEUE_DELAY`` (cred_expire) before it may start again; it is not
+        hurried: ``scontrol update StartTime=now`` inside that window revokes its credential and the
+        job ends FAILED ("Job credential revoked", docs/cluster.md §9).
+        """
 
         def done(fields: dict[str, str]) -> bool:
-            self.restart_now_if_requeued(job_id)
             return fields.get("JobState") in FINAL_STATES
 
         return self.wait(job_id, done, timeout_s, "the end of the job")
