@@ -46,7 +46,7 @@ from omegaconf import DictConfig, OmegaConf
 from test_configs import composed
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP_DIRS = {".git", ".venv", "runs", "__pycache__", ".ruff_cache", ".pytest_cache"}
+SKIP_DIRS = {".git", ".venv", ".venv-container", "runs", "__pycache__", ".ruff_cache", ".pytest_cache"}
 
 
 # --------------------------------------------------------------------------------------------- sources
