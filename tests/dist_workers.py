@@ -206,7 +206,8 @@ def checkpoint_tensors(run_dir: Path, step: int, scratch: Path | None = None) ->
         for key, md in entries.items()
         if isinstance(md, TensorStorageMetadata)
     }
-    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(flatten_state_dict=False), no_dist=True)
+    # no process group here: both torch 2.6 and 2.13 then read without one (2.6 has no `no_dist` argument)
+    dcp.load(state, storage_reader=reader, planner=DefaultLoadPlanner(flatten_state_dict=False))
     return state
 
 
