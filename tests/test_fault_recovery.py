@@ -30,6 +30,7 @@ from dist_workers import aligner_fault_runs_worker, aligner_killed_in_save_worke
 from nemo_gammapo.aligner.checkpoints import SET_ASIDE_DIR, UNFINISHED_SUFFIX
 from nemo_gammapo.aligner.run_dir import RunDirLock
 from nemo_gammapo.distributed.process_groups import run_on_ranks
+from nemo_gammapo.testing.leftovers import end_leftovers
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -118,6 +119,9 @@ def test_sigusr1_to_one_rank_stops_every_rank_after_a_checkpoint_and_loses_no_st
     assert same_state(fault_runs["rerun_signal"][0]["gamma_state"], fault_runs["clean"][0]["gamma_state"])
 
 
+LAUNCH_MARK = "GAMMAPO_TEST_LAUNCH"  # in the environment of everything a launch starts
+
+
 def _launch(run_dir: Path, log: Path) -> subprocess.Popen:
     cmd = [
         sys.executable,
@@ -129,7 +133,7 @@ def _launch(run_dir: Path, log: Path) -> subprocess.Popen:
         f"run_dir={run_dir}",
         "trainer.dpo.max_steps=64",
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", LAUNCH_MARK: str(run_dir)}  # finds its helpers later
     with log.open("w") as out:  # a file, not a pipe nobody reads: the run must never block on its output
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
@@ -174,3 +178,5 @@ def test_second_run_is_refused_and_no_worker_outlives_a_killed_launcher(tmp_path
                 proc.kill()
             except (psutil.NoSuchProcess, ProcessLookupError):
                 pass
+        # helpers a worker spawned after the snapshots above (checkpoint writers) re-parent to init
+        end_leftovers(str(run_dir), grace_s=5, mark=LAUNCH_MARK)

@@ -27,9 +27,9 @@ MARK = "GAMMAPO_TEST_SESSION"
 GRACE_S = 10.0  # for processes that are already shutting down when the session ends
 
 
-def marked_processes(session_id: str) -> list[tuple[int, str]]:
-    """``(pid, command line)`` of every live process whose environment carries ``session_id``."""
-    needle = f"{MARK}={session_id}".encode()
+def marked_processes(session_id: str, mark: str = MARK) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of every live process whose environment has ``mark=session_id``."""
+    needle = f"{mark}={session_id}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -58,10 +58,10 @@ def stop_multiprocessing_helpers() -> None:
             pass
 
 
-def end_leftovers(session_id: str, grace_s: float = GRACE_S) -> list[tuple[int, str]]:
-    """Wait up to ``grace_s`` for the session's processes to exit, SIGKILL the rest; returns those."""
+def end_leftovers(session_id: str, grace_s: float = GRACE_S, mark: str = MARK) -> list[tuple[int, str]]:
+    """Wait up to ``grace_s`` for the marked processes to exit, SIGKILL the rest; returns those."""
     deadline = time.monotonic() + grace_s
-    while (left := marked_processes(session_id)) and time.monotonic() < deadline:
+    while (left := marked_processes(session_id, mark)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for pid, _ in left:
         try:
