@@ -37,6 +37,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from nemo_gammapo.aligner.errors import ConfigError, global_rank
+from nemo_gammapo.aligner.reference import ARCHITECTURE_KEYS
 
 RECORD = Path(".nemo_gammapo") / "run_identity.json"  # relative to the run_dir
 GROUPS = ("data", "model", "loss", "training")
@@ -48,20 +49,10 @@ LOSS_IGNORED = (
     "reference_logprobs",
     "reference_check_tolerance",
 )
-# Model-config keys a checkpoint's tensors must agree with (shapes and the layers they belong to).
-CHECKPOINT_SHAPE_KEYS = (
-    "num_layers",
-    "hidden_size",
-    "ffn_hidden_size",
-    "num_attention_heads",
-    "num_query_groups",
-    "kv_channels",
-    "normalization",
-    "activation",
-    "bias",
-    "position_embedding_type",
-    "share_embeddings_and_output_weights",
-)
+# Model-config keys a checkpoint's tensors must agree with: the reference's architecture keys
+# less those that change the numbers but not the tensors' shapes.
+NOT_SHAPES = ("encoder_seq_length", "layernorm_epsilon", "rotary_base", "rotary_percentage", "tokenizer")
+CHECKPOINT_SHAPE_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k not in NOT_SHAPES)
 TOKENIZER_FILES = ("model", "vocab_file", "merge_file")
 
 
@@ -76,7 +67,7 @@ def _digest_or_value(value: Any) -> Any:
 
 def start_model_identity(cfg: DictConfig) -> dict[str, Any]:
     """The starting model, independent of where it is stored and of the parallel layout."""
-    from nemo_gammapo.aligner.reference import ARCHITECTURE_KEYS, _fingerprint
+    from nemo_gammapo.aligner.reference import _fingerprint
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
     out: dict[str, Any] = {k: model.get(k) for k in ARCHITECTURE_KEYS if k != "tokenizer"}

@@ -20,8 +20,10 @@ that lacks a value for any pair of the run's files, is refused naming the file a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +67,14 @@ def reference_mode(dpo: Mapping[str, Any]) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a data file's bytes."""
+    """SHA-256 of a data file's bytes (once per file version and process: the start-up checks of a
+    precomputed reference and the resume guards both need it)."""
+    stat = os.stat(path)
+    return _digest(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
