@@ -27,7 +27,7 @@ CONTAINER_TESTS=(
   tests/test_fault_recovery.py                             # kill -9 in a save, NaN stop, SIGUSR1, lock
   tests/test_reference_precompute.py tests/test_reference_check.py  # precomputed reference, step-0 check
   tests/test_hf_parity.py                                  # HF ↔ .nemo against transformers
-  tests/test_elastic_resume.py tests/test_data_order.py    # resume at another layout
+  tests/test_data_order.py                                 # the global data order a resume at another layout keeps
   "tests/test_aligner_training.py::test_stop_and_resume_is_bit_exact"  # the demo preset: trains, stops, resumes
   "tests/test_aligner_training.py::test_trains_and_loss_decreases"
 )

@@ -29,6 +29,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The SLURM suites first (otherwise in collection order): they spend about half their time waiting
+    # on the scheduler, requeues and timeouts, CPU that whatever runs beside the session can use
+    # (.ci/run's container leg, built and run beside `pytest tests`).
+    items.sort(key=lambda item: "slurm" not in item.keywords)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (runs on a GPU machine)")

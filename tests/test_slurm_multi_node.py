@@ -3,7 +3,8 @@
 The cluster (``slurm_nodes``, ``scripts/slurm_cluster.sh start DIR --nodes 3``) has node1..node3,
 each a network namespace with its own address, hostname and hosts file; a task on node2 reaches
 node1 only over their veth links. Every training run starts from one ``.nemo`` (a 2-step run of
-``tiny_cpu`` in this module) and trains 48 steps (validation and a checkpoint every 4 steps).
+``tiny_cpu`` in this module) and validates and checkpoints every 4 steps; the interrupted runs and
+their reference (2-node γ-SimPO DP2) train 48 steps, the other equality runs 16.
 
 **Multi-node equals one node** — each through the project's own scripts in host mode, compared
 with the same layout trained on one node (the product's ``train()`` in a local process pool):
@@ -62,9 +63,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH = ROOT / "examples" / "slurm" / "gammapo_multi_node.sbatch"
 STEPS = 48  # long enough (~0.15 s a step) for each interruption to land while the job trains
+EQUALITY_STEPS = 16  # the equality runs that are no fault run's reference: 4 validations and checkpoints
 EVERY = 4  # validation and checkpoint interval (steps)
 BASE = [
-    f"trainer.dpo.max_steps={STEPS}",
     f"trainer.dpo.val_check_interval={EVERY}",
     f"trainer.dpo.save_interval={EVERY}",
     "trainer.dpo.limit_val_batches=2",
@@ -86,6 +87,7 @@ LAYOUTS = {
     "pp2": (2, 1, ["model.pipeline_model_parallel_size=2"]),
 }
 SBATCH_RUNS = [("gamma_simpo", "dp2"), ("gamma_dpo", "dp2"), ("gamma_simpo", "tp2_dp2"), ("gamma_dpo", "pp2")]
+FAULT_REFERENCE = ("gamma_simpo", "dp2")  # the interrupted and node-loss jobs must end bit-identical to it
 LAUNCH_RUN = ("gamma_dpo", "dp2")  # its one-node reference is the sbatch run's (one pool run fewer)
 UNRESOLVED = ("gamma_dpo", "pp2")  # run while node names resolve only through SLURM (NodeAddr)
 REL_TOL, ABS_TOL = 1e-5, 1e-7
@@ -94,8 +96,12 @@ HANG_TIMEOUT_S = 60
 COLLECTIVE_TIMEOUT_S = 20  # the node-loss run's trainer.dpo.collective_timeout_s
 
 
+def run_steps(loss: str, layout: str) -> int:
+    return STEPS if (loss, layout) == FAULT_REFERENCE else EQUALITY_STEPS
+
+
 def overrides(loss: str, layout: str) -> list[str]:
-    return [*BASE, *LOSSES[loss], *LAYOUTS[layout][2]]
+    return [f"trainer.dpo.max_steps={run_steps(loss, layout)}", *BASE, *LOSSES[loss], *LAYOUTS[layout][2]]
 
 
 # ---------------------------------------------------------------- results of a run directory
@@ -124,12 +130,12 @@ def close_state(a: Any, b: Any) -> bool:
     return a == b
 
 
-def assert_equal_runs(got: Path, expected: Path, exact: bool = False) -> None:
+def assert_equal_runs(got: Path, expected: Path, steps: int, exact: bool = False) -> None:
     """Per-step train and validation losses and the final queue of ``got`` equal ``expected``'s
-    (to 1e-5 relative; ``exact``: bit for bit — the same layout, interrupted or not)."""
+    over ``steps`` steps (to 1e-5 relative; ``exact``: bit for bit — the same layout, interrupted or not)."""
     want_train, want_val = losses(expected)
     train, val = losses(got)
-    assert sorted(want_train) == list(range(STEPS)), want_train
+    assert sorted(want_train) == list(range(steps)), want_train
     assert sorted(train) == sorted(want_train), (sorted(train), sorted(want_train))
     bad = {s: (train[s], want_train[s]) for s in want_train if not close(train[s], want_train[s], exact)}
     assert not bad, f"training losses differ at steps {bad}"
@@ -138,7 +144,7 @@ def assert_equal_runs(got: Path, expected: Path, exact: bool = False) -> None:
     bad = {s: (val[s], want_val[s]) for s in want_val if not close(val[s], want_val[s], exact)}
     assert not bad, f"validation losses differ at steps {bad}"
     same = same_state if exact else close_state
-    assert same(final_queue(got, STEPS), final_queue(expected, STEPS))
+    assert same(final_queue(got, steps), final_queue(expected, steps))
 
 
 # ---------------------------------------------------------------- jobs
@@ -273,7 +279,10 @@ def multi(slurm_nodes: SlurmCluster, tmp_path_factory) -> dict[str, Any]:
                 ).returncode
             jobs.wait(name)
             used = job_nodes(slurm_nodes, jobs.ids[name])
-            out["link_bytes"][name] = {n: slurm_nodes.link_bytes(n) - before[n] for n in used}
+            out["link_bytes"][name] = (
+                run_steps(loss, layout),
+                {n: slurm_nodes.link_bytes(n) - before[n] for n in used},
+            )
         finally:
             if (loss, layout) == UNRESOLVED:
                 slurm_nodes.node_action("hosts", "on")
@@ -307,14 +316,14 @@ def test_multi_node_sbatch_equals_one_node(multi, loss: str, layout: str) -> Non
     assert "GLOO_SOCKET_IFNAME=gpnet0" in log and "NCCL_SOCKET_IFNAME=gpnet0" in log  # the node link, not lo
     used = job_nodes(jobs.cluster, jobs.ids[name])
     assert len(used) == 2, used
-    assert_equal_runs(multi["root"] / name, multi["root"] / f"one_node_{loss}_{layout}")
+    assert_equal_runs(multi["root"] / name, multi["root"] / f"one_node_{loss}_{layout}", run_steps(loss, layout))
 
 
 def test_the_traffic_crosses_the_node_links(multi) -> None:
     """Each step all-reduces every gradient across the nodes (DP) or sends activations (PP)."""
-    for name, per_node in multi["link_bytes"].items():
+    for name, (steps, per_node) in multi["link_bytes"].items():
         for node, sent in per_node.items():
-            assert sent > STEPS * 50_000, (name, node, sent)  # tiny_cpu: ~0.2 M parameters
+            assert sent > steps * 50_000, (name, node, sent)  # tiny_cpu: ~0.2 M parameters
 
 
 def test_rendezvous_works_when_node_names_resolve_only_through_slurm(multi) -> None:
@@ -328,7 +337,9 @@ def test_launch_slurm_on_two_nodes_equals_one_node(multi) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SUCCEEDED" in proc.stdout
     loss, layout = LAUNCH_RUN
-    assert_equal_runs(multi["root"] / f"launch_{loss}_{layout}", multi["root"] / f"one_node_{loss}_{layout}")
+    assert_equal_runs(
+        multi["root"] / f"launch_{loss}_{layout}", multi["root"] / f"one_node_{loss}_{layout}", run_steps(loss, layout)
+    )
 
 
 # ---------------------------------------------------------------- faults
@@ -396,7 +407,7 @@ def test_interrupted_multi_node_job_equals_the_uninterrupted_run(multi, chain) -
     states = [line.split("|")[1] for line in chain["sacct"] if "." not in line.split("|")[0]]
     # time limit, USR1, hang: the batch script requeued; the preemption: SLURM did
     assert states == ["REQUEUED", "REQUEUED", "PREEMPTED", "REQUEUED", "COMPLETED"], chain["sacct"]
-    assert_equal_runs(multi["root"] / CHAIN, multi["root"] / "multi_gamma_simpo_dp2", exact=True)
+    assert_equal_runs(multi["root"] / CHAIN, multi["root"] / "multi_gamma_simpo_dp2", STEPS, exact=True)
 
 
 def test_stop_requests_lose_no_step_and_faults_only_steps_since_the_checkpoint(multi, chain) -> None:
@@ -482,7 +493,7 @@ def test_node_loss_requeues_onto_healthy_nodes_and_equals_the_uninterrupted_run(
     assert lost not in node_loss["final_nodes"], node_loss
     states = [line.split("|")[1] for line in node_loss["sacct"] if "." not in line.split("|")[0]]
     assert len(states) == 2 and states[0] in ("NODE_FAIL", "REQUEUED") and states[1] == "COMPLETED", node_loss["sacct"]
-    assert_equal_runs(multi["root"] / NODE_LOSS, multi["root"] / "multi_gamma_simpo_dp2", exact=True)
+    assert_equal_runs(multi["root"] / NODE_LOSS, multi["root"] / "multi_gamma_simpo_dp2", STEPS, exact=True)
     first, second = incarnations(multi["root"] / NODE_LOSS)
     saved = [s for s in range(EVERY, STEPS + 1, EVERY) if s <= first[-1] + 1]
     assert second[0] in saved[-2:], (first, second)  # the newest complete checkpoint: at most the steps since
