@@ -29,10 +29,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The SLURM suites first (otherwise in collection order): they spend about half their time waiting
-    # on the scheduler, requeues and timeouts, CPU that whatever runs beside the session can use
-    # (.ci/run's container leg, built and run beside `pytest tests`).
-    items.sort(key=lambda item: "slurm" not in item.keywords)
+    # The modules with SLURM tests first, each whole and in its own order (otherwise collection order):
+    # they spend about half their time waiting on the scheduler, requeues and timeouts, CPU that
+    # whatever runs beside the session can use (.ci/run's container leg, run beside `pytest tests`).
+    slurm_modules = {item.path for item in items if "slurm" in item.keywords}
+    items.sort(key=lambda item: item.path not in slurm_modules)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (runs on a GPU machine)")
