@@ -88,6 +88,7 @@ LAYOUTS = {
 }
 SBATCH_RUNS = [("gamma_simpo", "dp2"), ("gamma_dpo", "dp2"), ("gamma_simpo", "tp2_dp2"), ("gamma_dpo", "pp2")]
 FAULT_REFERENCE = ("gamma_simpo", "dp2")  # the interrupted and node-loss jobs must end bit-identical to it
+FAULT_REFERENCE_RUN = "multi_{}_{}".format(*FAULT_REFERENCE)
 LAUNCH_RUN = ("gamma_dpo", "dp2")  # its one-node reference is the sbatch run's (one pool run fewer)
 UNRESOLVED = ("gamma_dpo", "pp2")  # run while node names resolve only through SLURM (NodeAddr)
 REL_TOL, ABS_TOL = 1e-5, 1e-7
@@ -279,10 +280,7 @@ def multi(slurm_nodes: SlurmCluster, tmp_path_factory) -> dict[str, Any]:
                 ).returncode
             jobs.wait(name)
             used = job_nodes(slurm_nodes, jobs.ids[name])
-            out["link_bytes"][name] = (
-                run_steps(loss, layout),
-                {n: slurm_nodes.link_bytes(n) - before[n] for n in used},
-            )
+            out["link_bytes"][loss, layout] = {n: slurm_nodes.link_bytes(n) - before[n] for n in used}
         finally:
             if (loss, layout) == UNRESOLVED:
                 slurm_nodes.node_action("hosts", "on")
@@ -321,9 +319,9 @@ def test_multi_node_sbatch_equals_one_node(multi, loss: str, layout: str) -> Non
 
 def test_the_traffic_crosses_the_node_links(multi) -> None:
     """Each step all-reduces every gradient across the nodes (DP) or sends activations (PP)."""
-    for name, (steps, per_node) in multi["link_bytes"].items():
+    for (loss, layout), per_node in multi["link_bytes"].items():
         for node, sent in per_node.items():
-            assert sent > steps * 50_000, (name, node, sent)  # tiny_cpu: ~0.2 M parameters
+            assert sent > run_steps(loss, layout) * 50_000, (loss, layout, node, sent)  # tiny_cpu: ~0.2 M parameters
 
 
 def test_rendezvous_works_when_node_names_resolve_only_through_slurm(multi) -> None:
@@ -345,7 +343,7 @@ def test_launch_slurm_on_two_nodes_equals_one_node(multi) -> None:
 # ---------------------------------------------------------------- faults
 CHAIN = "chain"
 CHAIN_ARGS = [
-    *overrides("gamma_simpo", "dp2"),
+    *overrides(*FAULT_REFERENCE),
     f"trainer.dpo.hang_timeout_s={HANG_TIMEOUT_S}",
     "trainer.dpo.collective_timeout_s=300",
 ]
@@ -407,7 +405,7 @@ def test_interrupted_multi_node_job_equals_the_uninterrupted_run(multi, chain) -
     states = [line.split("|")[1] for line in chain["sacct"] if "." not in line.split("|")[0]]
     # time limit, USR1, hang: the batch script requeued; the preemption: SLURM did
     assert states == ["REQUEUED", "REQUEUED", "PREEMPTED", "REQUEUED", "COMPLETED"], chain["sacct"]
-    assert_equal_runs(multi["root"] / CHAIN, multi["root"] / "multi_gamma_simpo_dp2", STEPS, exact=True)
+    assert_equal_runs(multi["root"] / CHAIN, multi["root"] / FAULT_REFERENCE_RUN, STEPS, exact=True)
 
 
 def test_stop_requests_lose_no_step_and_faults_only_steps_since_the_checkpoint(multi, chain) -> None:
@@ -451,7 +449,7 @@ def node_loss(multi, chain) -> dict[str, Any]:
     stays cut until the job has finished elsewhere, DESIGN §8)."""
     jobs: MultiNodeJobs = multi["jobs"]
     cluster, root = jobs.cluster, multi["root"]
-    args = [*overrides("gamma_simpo", "dp2"), f"trainer.dpo.collective_timeout_s={COLLECTIVE_TIMEOUT_S}"]
+    args = [*overrides(*FAULT_REFERENCE), f"trainer.dpo.collective_timeout_s={COLLECTIVE_TIMEOUT_S}"]
     job = jobs.submit(NODE_LOSS, args, 2, 1)
     run_dir = root / NODE_LOSS
     events: dict[str, Any] = {}
@@ -493,7 +491,7 @@ def test_node_loss_requeues_onto_healthy_nodes_and_equals_the_uninterrupted_run(
     assert lost not in node_loss["final_nodes"], node_loss
     states = [line.split("|")[1] for line in node_loss["sacct"] if "." not in line.split("|")[0]]
     assert len(states) == 2 and states[0] in ("NODE_FAIL", "REQUEUED") and states[1] == "COMPLETED", node_loss["sacct"]
-    assert_equal_runs(multi["root"] / NODE_LOSS, multi["root"] / "multi_gamma_simpo_dp2", STEPS, exact=True)
+    assert_equal_runs(multi["root"] / NODE_LOSS, multi["root"] / FAULT_REFERENCE_RUN, STEPS, exact=True)
     first, second = incarnations(multi["root"] / NODE_LOSS)
     saved = [s for s in range(EVERY, STEPS + 1, EVERY) if s <= first[-1] + 1]
     assert second[0] in saved[-2:], (first, second)  # the newest complete checkpoint: at most the steps since
