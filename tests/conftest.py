@@ -28,12 +28,25 @@ def pytest_configure(config: pytest.Config) -> None:
     preload_rank_modules(["nemo_gammapo.testing.preload"])
 
 
+# Session fixtures that cost minutes: the tests that use one run in one pytest-xdist worker (-n N),
+# so that it is built once; the SLURM clusters also hold fixed ports and daemons.
+SHARED_SESSION_FIXTURES = {"slurm_cluster": "slurm", "slurm_nodes": "slurm", "aligner_runs": "aligner_runs"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (and before -k, -m deselect)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The modules with SLURM tests first, each whole and in its own order (otherwise collection order):
-    # they spend about half their time waiting on the scheduler, requeues and timeouts, CPU that
-    # whatever runs beside the session can use (.ci/run's container leg, run beside `pytest tests`).
-    slurm_modules = {item.path for item in items if "slurm" in item.keywords}
-    items.sort(key=lambda item: item.path not in slurm_modules)
+    # Whole modules, each in its own order (otherwise collection order): first those with SLURM tests
+    # (they spend about half their time waiting on the scheduler, requeues and timeouts, CPU that the
+    # other worker and .ci/run's container leg use), then those with slow tests, then the rest.
+    modules: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.path, []).append(item)
+    groups = {path: _xdist_group(path, module) for path, module in modules.items()}
+    slow = {path for path, module in modules.items() if any("slow" in item.keywords for item in module)}
+    items.sort(key=lambda item: (groups[item.path] != "slurm", item.path not in slow))
+    if config.pluginmanager.hasplugin("xdist"):  # pyproject's --dist loadgroup: one worker per group
+        for item in items:
+            item.add_marker(pytest.mark.xdist_group(groups[item.path]))
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs CUDA (runs on a GPU machine)")
@@ -42,12 +55,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
+def _xdist_group(path: Path, module: list[pytest.Item]) -> str:
+    """A module's worker group: "slurm" for a module with SLURM tests, the group of a costly session
+    fixture its tests use, otherwise the module itself."""
+    if any("slurm" in item.keywords for item in module):
+        return "slurm"
+    used = {
+        SHARED_SESSION_FIXTURES[name]
+        for item in module
+        for name in item.fixturenames
+        if name in SHARED_SESSION_FIXTURES
+    }
+    if len(used) > 1:
+        raise pytest.UsageError(f"{path.name} uses the session fixtures of groups {sorted(used)}: give them one group")
+    return used.pop() if used else path.name
+
+
 def _run(root: Path, name: str, overrides: list[str], **kwargs: Any) -> dict[str, Any]:
     return {"run_dir": str(root / name), "overrides": overrides, **kwargs}
 
 
+ALIGNER_RUN = [
+    f"trainer.dpo.max_steps={ALIGNER_STEPS}",
+    "trainer.dpo.val_check_interval=20",
+    f"trainer.dpo.save_interval={ALIGNER_STEPS}",
+]
 RESUME = ["trainer.dpo.max_steps=16", "trainer.dpo.val_check_interval=8", "trainer.dpo.save_interval=8"]
 SAVE_NEMO = ["exp_manager.checkpoint_callback_params.save_nemo_on_train_end=true"]
+LR0 = ["model.optim.lr=0.0", "model.optim.sched.min_lr=0.0"]
 LORA = [
     "model.dpo.preference_loss=dpo",
     "model.dpo.ref_policy_kl_penalty=0.5",
@@ -55,79 +90,90 @@ LORA = [
     "model.peft.lora_tuning.adapter_dim=8",
     "model.optim.lr=2e-2",
 ]
-NEMO_RESTORE = ["model.dpo.preference_loss=simpo", "trainer.dpo.max_steps=1", "trainer.dpo.val_check_interval=1"]
+PLOTS = [
+    "trainer.dpo.max_steps=16",
+    "trainer.dpo.val_check_interval=8",
+    "trainer.dpo.save_interval=96",
+    "model.dpo.gamma_dump.every=4",
+]
+
+
+def _aligner_plan(root: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The shared runs by group: a group's runs train one after another in one pair of processes
+    (a later run may start from an earlier one's output); each entry is (result name, run)."""
+    four_steps = ["trainer.dpo.max_steps=4", "trainer.dpo.val_check_interval=4", *SAVE_NEMO]
+    one_step_lr0 = ["trainer.dpo.max_steps=1", "trainer.dpo.val_check_interval=1", *LR0]
+    lora_a_nemo = root / "lora_a" / "checkpoints" / "tiny_cpu_gamma_simpo.nemo"
+    losses = {
+        loss: [(loss, _run(root, loss, [f"model.dpo.preference_loss={loss}", *ALIGNER_RUN, *ALIGNER_LOSSES[loss]]))]
+        for loss in ALIGNER_LOSSES
+    }
+    return {
+        **losses,
+        # 16 steps uninterrupted; 8 steps then stop (checkpoint); the same command again resumes.
+        "resume": [
+            ("full", _run(root, "full", RESUME)),
+            ("stopped", _run(root, "resumed", [*RESUME, "trainer.dpo.stop_after_steps=8"])),
+            ("resumed", _run(root, "resumed", RESUME)),
+        ],
+        # A .nemo written at the end of one run, restored by the next with learning rate 0.
+        "nemo": [
+            ("nemo_a", _run(root, "nemo_a", ["model.dpo.preference_loss=simpo", *four_steps])),
+            (
+                "nemo_b",
+                _run(
+                    root,
+                    "nemo_b",
+                    ["model.dpo.preference_loss=simpo", *one_step_lr0],
+                    restore_from_run=str(root / "nemo_a"),
+                ),
+            ),
+        ],
+        # LoRA (DPO): train adapters and save them; then restore them with learning rate 0.
+        "lora": [
+            ("lora_a", _run(root, "lora_a", [*LORA, *four_steps])),
+            ("lora_b", _run(root, "lora_b", [*LORA, *one_step_lr0, f"model.peft.restore_from_path={lora_a_nemo}"])),
+        ],
+        # γ-SimPO with per-pair dumps every 4 steps, for the plots.
+        "plots": [("plots", _run(root, "plots", PLOTS))],
+    }
+
+
+class AlignerRuns:
+    """The 2-process (DP2) tiny-GPT runs that several test modules read, each group trained the first
+    time one of its results is asked for (a session that selects none of its tests never trains it).
+
+    ``runs[name]`` is the run's per-rank results (what ``aligner_train_worker`` returns, rank order);
+    ``runs.dir(name)`` its run directory, trained.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.plan = _aligner_plan(root)
+        self._group = {name: group for group, runs in self.plan.items() for name, _ in runs}
+        self._results: dict[str, list[dict[str, Any]]] = {}
+
+    def __getitem__(self, name: str) -> list[dict[str, Any]]:
+        if name not in self._group:
+            raise KeyError(f"no shared aligner run {name!r}; the runs: {sorted(self._group)}")
+        if name not in self._results:
+            runs = self.plan[self._group[name]]
+            plan = {"runs": [run for _, run in runs]}
+            per_rank = run_on_ranks(aligner_runs_worker, 2, 900, plan, init_process_group=False)
+            for (run_name, _), ranks in zip(runs, zip(*per_rank, strict=True), strict=True):
+                self._results[run_name] = list(ranks)
+        return self._results[name]
+
+    def dir(self, name: str) -> Path:
+        self[name]
+        (run,) = [run for run_name, run in self.plan[self._group[name]] if run_name == name]
+        return Path(run["run_dir"])
 
 
 @pytest.fixture(scope="session")
-def aligner_runs(tmp_path_factory) -> dict[str, Any]:
-    """The 2-process (DP2) tiny-GPT runs of test_aligner_training and test_viz_plots, one after
-    another in one pair of processes (imports paid once)."""
-    root = tmp_path_factory.mktemp("aligner")
-    plan = [
-        *[
-            _run(
-                root,
-                loss,
-                [
-                    f"model.dpo.preference_loss={loss}",
-                    f"trainer.dpo.max_steps={ALIGNER_STEPS}",
-                    "trainer.dpo.val_check_interval=20",
-                    f"trainer.dpo.save_interval={ALIGNER_STEPS}",
-                    *ALIGNER_LOSSES[loss],
-                ],
-            )
-            for loss in ALIGNER_LOSSES
-        ],
-        # 16 steps uninterrupted; 8 steps then stop (checkpoint); the same command again resumes.
-        _run(root, "full", RESUME),
-        _run(root, "resumed", [*RESUME, "trainer.dpo.stop_after_steps=8"]),
-        _run(root, "resumed", RESUME),
-        # A .nemo written at the end of one run, restored by the next with learning rate 0.
-        _run(
-            root,
-            "nemo_a",
-            [
-                "model.dpo.preference_loss=simpo",
-                "trainer.dpo.max_steps=4",
-                "trainer.dpo.val_check_interval=4",
-                *SAVE_NEMO,
-            ],
-        ),
-        _run(
-            root,
-            "nemo_b",
-            [*NEMO_RESTORE, "model.optim.lr=0.0", "model.optim.sched.min_lr=0.0"],
-            restore_from_run=str(root / "nemo_a"),
-        ),
-        # LoRA (DPO): train adapters and save them; then restore them with learning rate 0.
-        _run(root, "lora_a", [*LORA, "trainer.dpo.max_steps=4", "trainer.dpo.val_check_interval=4", *SAVE_NEMO]),
-        _run(
-            root,
-            "lora_b",
-            [
-                *LORA,
-                "trainer.dpo.max_steps=1",
-                "trainer.dpo.val_check_interval=1",
-                "model.optim.lr=0.0",
-                "model.optim.sched.min_lr=0.0",
-                f"model.peft.restore_from_path={root / 'lora_a' / 'checkpoints' / 'tiny_cpu_gamma_simpo.nemo'}",
-            ],
-        ),
-        # γ-SimPO with per-pair dumps every 4 steps, for the plots.
-        _run(
-            root,
-            "plots",
-            [
-                "trainer.dpo.max_steps=16",
-                "trainer.dpo.val_check_interval=8",
-                "trainer.dpo.save_interval=96",
-                "model.dpo.gamma_dump.every=4",
-            ],
-        ),
-    ]
-    per_rank = run_on_ranks(aligner_runs_worker, 2, 1500, {"runs": plan}, init_process_group=False)
-    names = [*ALIGNER_LOSSES, "full", "stopped", "resumed", "nemo_a", "nemo_b", "lora_a", "lora_b", "plots"]
-    return {"root": root, **{name: list(ranks) for name, ranks in zip(names, zip(*per_rank, strict=True), strict=True)}}
+def aligner_runs(tmp_path_factory) -> AlignerRuns:
+    """The shared DP2 runs of test_aligner_training, test_viz_plots, test_suspects and
+    test_reference_precompute (see :class:`AlignerRuns`)."""
+    return AlignerRuns(tmp_path_factory.mktemp("aligner"))
 
 
 def _start_slurm(tmp_path_factory, name: str, nodes: int, env: dict[str, str] | None = None) -> Any:

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 @pytest.fixture(params=list(LOSSES))
 def trained(request, aligner_runs) -> tuple[str, Path, list[dict[str, Any]]]:
-    return request.param, aligner_runs["root"] / request.param, aligner_runs[request.param]
+    return request.param, aligner_runs.dir(request.param), aligner_runs[request.param]
 
 
 def train_losses(result: dict[str, Any]) -> list[float]:
@@ -112,7 +112,7 @@ def test_restores_a_nemo_checkpoint(aligner_runs) -> None:
     uses learning rate 0, so its validation after one step sees exactly the restored weights.
     """
     a, b = aligner_runs["nemo_a"], aligner_runs["nemo_b"]
-    assert len(list((aligner_runs["root"] / "nemo_a" / "checkpoints").glob("*.nemo"))) == 1
+    assert len(list((aligner_runs.dir("nemo_a") / "checkpoints").glob("*.nemo"))) == 1
     val_a = [r["val/loss"] for r in a[0]["history"] if "val/loss" in r][-1]
     val_b = [r["val/loss"] for r in b[0]["history"] if "val/loss" in r][-1]
     assert val_b == pytest.approx(val_a, abs=1e-6)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import AlignerRuns
 from dist_workers import reference_runs_worker
 from omegaconf import open_dict
 
@@ -53,8 +54,8 @@ PP2 = ["model.pipeline_model_parallel_size=2", "trainer.dpo.gradient_clip_val=0"
 DP2_NO_CLIP = ["trainer.dpo.gradient_clip_val=0"]  # the same optimisation as at PP2 (clipping differs there)
 
 
-def nemo_file(aligner_runs: dict[str, Any]) -> Path:
-    return next((aligner_runs["root"] / "nemo_a" / "checkpoints").glob("*.nemo"))
+def nemo_file(aligner_runs: AlignerRuns) -> Path:
+    return next((aligner_runs.dir("nemo_a") / "checkpoints").glob("*.nemo"))
 
 
 @pytest.fixture(scope="module")

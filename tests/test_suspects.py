@@ -96,7 +96,7 @@ def test_cli_on_a_real_nemo_run_pools_every_rank(aligner_runs, tmp_path) -> None
     """The DP2 γ-SimPO run of the shared fixture (dumps every 4 steps from both data-parallel ranks)."""
     from nemo_gammapo.configs import demo_data_dir
 
-    run_dir = aligner_runs["root"] / "plots"
+    run_dir = aligner_runs.dir("plots")
     dest = tmp_path / "s.jsonl"
     args = ["suspects", str(run_dir), "--data", str(demo_data_dir() / "train.jsonl"), "--top", "8", "--out", str(dest)]
     assert data_main(args) == 0

@@ -24,7 +24,7 @@ GAMMA0 = 1.0  # tiny_cpu: γ/β = 0.2, β = 5
 @pytest.fixture(scope="module")
 def plotted(tmp_path_factory, aligner_runs) -> tuple[Path, Path]:
     """The plots of a 16-step γ-SimPO DP2 run that dumped pairs every 4 steps (see conftest)."""
-    run_dir = aligner_runs["root"] / "plots"
+    run_dir = aligner_runs.dir("plots")
     out = tmp_path_factory.mktemp("plots")
     proc = subprocess.run(
         [sys.executable, "-m", "nemo_gammapo.cli", "plots", str(run_dir), "--out", str(out)],

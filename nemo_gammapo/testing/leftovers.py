@@ -77,11 +77,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config._gammapo_session = os.environ[MARK] = uuid.uuid4().hex  # type: ignore[attr-defined]
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's controller has shut its workers down
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stop_multiprocessing_helpers()  # also in a pytest-xdist worker (its controller checks for the rest)
     session_id = getattr(session.config, "_gammapo_session", None)
     if session_id is None:
         return
-    stop_multiprocessing_helpers()
     left = end_leftovers(session_id)
     if not left:
         return
