@@ -28,9 +28,14 @@ def pytest_configure(config: pytest.Config) -> None:
     preload_rank_modules(["nemo_gammapo.testing.preload"])
 
 
-# Session fixtures that cost minutes: the tests that use one run in one pytest-xdist worker (-n N),
-# so that it is built once; the SLURM clusters also hold fixed ports and daemons.
-SHARED_SESSION_FIXTURES = {"slurm_cluster": "slurm", "slurm_nodes": "slurm", "aligner_runs": "aligner_runs"}
+# Session fixtures that cost minutes: with -n N (pytest-xdist) each worker that uses one builds its own,
+# so the modules that use one run in the same worker (a group). The two SLURM clusters are independent
+# (each its own folder, free ports and namespaces) and run in different workers side by side.
+SHARED_SESSION_FIXTURES = {
+    "slurm_cluster": "slurm_one_node",
+    "slurm_nodes": "slurm_nodes",
+    "aligner_runs": "aligner_runs",
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (and before -k, -m deselect)
@@ -42,8 +47,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         modules.setdefault(item.path, []).append(item)
     groups = {path: _xdist_group(path, module) for path, module in modules.items()}
+    slurm = {path for path, module in modules.items() if any("slurm" in item.keywords for item in module)}
     slow = {path for path, module in modules.items() if any("slow" in item.keywords for item in module)}
-    items.sort(key=lambda item: (groups[item.path] != "slurm", item.path not in slow))
+    items.sort(key=lambda item: (item.path not in slurm, item.path not in slow))
     if config.pluginmanager.hasplugin("xdist"):  # pyproject's --dist loadgroup: one worker per group
         for item in items:
             item.add_marker(pytest.mark.xdist_group(groups[item.path]))
@@ -56,16 +62,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _xdist_group(path: Path, module: list[pytest.Item]) -> str:
-    """A module's worker group: "slurm" for a module with SLURM tests, the group of a costly session
-    fixture its tests use, otherwise the module itself."""
-    if any("slurm" in item.keywords for item in module):
-        return "slurm"
-    used = {
-        SHARED_SESSION_FIXTURES[name]
-        for item in module
-        for name in item.fixturenames
-        if name in SHARED_SESSION_FIXTURES
-    }
+    """A module's worker group: that of the costly session fixture its tests use, else the module itself."""
+    names = {name for item in module for name in item.fixturenames}
+    used = {SHARED_SESSION_FIXTURES[name] for name in names & SHARED_SESSION_FIXTURES.keys()}
     if len(used) > 1:
         raise pytest.UsageError(f"{path.name} uses the session fixtures of groups {sorted(used)}: give them one group")
     return used.pop() if used else path.name
