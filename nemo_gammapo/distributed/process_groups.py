@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import signal
 import socket
 import sys
@@ -52,8 +53,28 @@ def preload_rank_modules(modules: Sequence[str]) -> None:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (for a rendezvous)."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that is free now (for a rendezvous), below the kernel's ephemeral range.
+
+    A port the kernel hands out for binding to port 0 comes from the same range as every outgoing
+    connection's local port, so with other processes connecting (gloo, SLURM, another test worker) it
+    can be taken between this check and the rendezvous server's bind (EADDRINUSE): a random port below
+    that range is never handed out implicitly. Random from the OS, not from ``random`` (seeded runs
+    would pick the same port in every process)."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    pick = random.SystemRandom()
+    for _ in range(64 if low > 11024 else 0):
+        port = pick.randrange(10000, low)
+        with socket.socket() as s:
+            try:
+                s.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: any free port
         s.bind((LOCALHOST, 0))
         return s.getsockname()[1]
 
