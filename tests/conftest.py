@@ -29,13 +29,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # Session fixtures that cost minutes: with -n N (pytest-xdist) each worker that uses one builds its own,
-# so the modules that use one run in the same worker (a group). The two SLURM clusters are independent
-# (each its own folder, free ports and namespaces) and run in different workers side by side.
-SHARED_SESSION_FIXTURES = {
-    "slurm_cluster": "slurm_one_node",
-    "slurm_nodes": "slurm_nodes",
-    "aligner_runs": "aligner_runs",
-}
+# so the modules that use one run in the same worker (a group). Both SLURM clusters are in one group:
+# run side by side beside the other worker and the container leg, that was not yet measured green (#26).
+SHARED_SESSION_FIXTURES = {"slurm_cluster": "slurm", "slurm_nodes": "slurm", "aligner_runs": "aligner_runs"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (and before -k, -m deselect)
