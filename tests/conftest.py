@@ -29,8 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # Session fixtures that cost minutes: with -n N (pytest-xdist) each worker that uses one builds its own,
-# so the modules that use one run in the same worker (a group). Both SLURM clusters are in one group:
-# run side by side beside the other worker and the container leg, that was not yet measured green (#26).
+# so the modules that use one run in the same worker (a group). Both SLURM clusters share one group: the
+# layout .ci/run was measured green with (#26).
 SHARED_SESSION_FIXTURES = {"slurm_cluster": "slurm", "slurm_nodes": "slurm", "aligner_runs": "aligner_runs"}
 
 
@@ -145,6 +145,7 @@ class AlignerRuns:
     def __init__(self, root: Path) -> None:
         self.plan = _aligner_plan(root)
         self._group = {name: group for group, runs in self.plan.items() for name, _ in runs}
+        self._dir = {name: Path(run["run_dir"]) for runs in self.plan.values() for name, run in runs}
         self._results: dict[str, list[dict[str, Any]]] = {}
 
     def __getitem__(self, name: str) -> list[dict[str, Any]]:
@@ -160,8 +161,7 @@ class AlignerRuns:
 
     def dir(self, name: str) -> Path:
         self[name]
-        (run,) = [run for run_name, run in self.plan[self._group[name]] if run_name == name]
-        return Path(run["run_dir"])
+        return self._dir[name]
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,9 @@ def preload_rank_modules(modules: Sequence[str]) -> None:
     mp.get_context("forkserver").set_forkserver_preload(_preloaded)
 
 
+FIRST_RENDEZVOUS_PORT = 10000  # free_port() picks from here up to the ephemeral range
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a rendezvous), below the kernel's ephemeral range.
 
@@ -66,8 +69,8 @@ def free_port() -> int:
     except (OSError, ValueError, IndexError):
         pass
     pick = random.SystemRandom()
-    for _ in range(64 if low > 11024 else 0):
-        port = pick.randrange(10000, low)
+    for _ in range(64 if low > FIRST_RENDEZVOUS_PORT else 0):
+        port = pick.randrange(FIRST_RENDEZVOUS_PORT, low)
         with socket.socket() as s:
             try:
                 s.bind((LOCALHOST, port))
